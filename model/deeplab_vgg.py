@@ -1,0 +1,171 @@
+"""DeepLab-v2 on VGG-16 (``DeeplabVGG``), the layout of the released ``GTA2Cityscapes_vgg-ac4ac9f6.pth``.
+
+``features`` is torchvision's VGG-16 ``features`` without pool4 and pool5 (its indices 23 and 30), the three conv5
+convs (new indices 23, 25, 27) dilated by 2 (padding 2), followed in the same Sequential by fc6 (3x3, 512 -> 1024,
+dilation 4, padding 4), ReLU, fc7 (3x3, 1024 -> 1024, dilation 4, padding 4), ReLU. ``classifier`` is the same
+``Classifier_Module`` as the ResNet models (with the same two-branch quirk) on 1024 channels.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from model.resnet import ASPP_DILATIONS, Classifier_Module, _learning_rate
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DeeplabVGG", "vgg16_to_deeplab_features", "VGG16_CFG"]
+
+#: torchvision's VGG-16 ("D") configuration: conv widths, "M" = 2x2 max-pool.
+VGG16_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)
+#: Indices of pool4 and pool5 in torchvision's ``vgg16().features``, dropped here.
+_DROPPED_VGG_INDICES = (23, 30)
+#: Indices (after the drop) of the conv5 convs that get dilation 2.
+_DILATED_CONV5 = (23, 25, 27)
+
+
+def _vgg16_features_layers() -> list[nn.Module]:
+    """torchvision's ``vgg16().features`` as a list (same modules, order and init: kaiming-normal fan-out, bias 0).
+
+    Built here instead of calling ``torchvision.models.vgg16()`` so as not to allocate its 120M-parameter
+    fully-connected head only to throw it away.
+    """
+    layers: list[nn.Module] = []
+    in_ch = 3
+    for v in VGG16_CFG:
+        if v == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            conv = nn.Conv2d(in_ch, int(v), kernel_size=3, padding=1)
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+            layers += [conv, nn.ReLU(inplace=True)]
+            in_ch = int(v)
+    return layers
+
+
+def vgg16_to_deeplab_features(state_dict: Mapping[str, torch.Tensor], source: str = "the VGG-16 weights") -> dict:
+    """Map a torchvision-layout VGG-16 state_dict to ``DeeplabVGG`` keys (``features.*`` only).
+
+    torchvision ``features.{i}`` -> ours ``features.{i}`` for ``i < 23`` and ``features.{i-1}`` for ``24 <= i < 30``;
+    torchvision's fully-connected ``classifier.*`` is ignored (fc6/fc7 here are new 3x3 convs, randomly initialised,
+    as in the original). Raises ``ValueError`` naming ``source`` when a conv of VGG-16's ``features`` is missing,
+    has the wrong shape, or a key is neither ``features.*`` nor ``classifier.*``.
+    """
+    reference = {f"{i}": layer for i, layer in enumerate(_vgg16_features_layers()) if isinstance(layer, nn.Conv2d)}
+    out: dict[str, torch.Tensor] = {}
+    unexpected = []
+    for key, value in state_dict.items():
+        parts = key.split(".")
+        if parts[0] == "classifier":
+            continue
+        if parts[0] != "features" or len(parts) != 3 or parts[1] not in reference or parts[2] not in ("weight", "bias"):
+            unexpected.append(key)
+            continue
+        i = int(parts[1])
+        expected_shape = tuple(getattr(reference[parts[1]], parts[2]).shape)
+        if tuple(value.shape) != expected_shape:
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)}, VGG-16 expects {expected_shape}"
+            )
+        new_i = i if i < _DROPPED_VGG_INDICES[0] else i - 1
+        out[f"features.{new_i}.{parts[2]}"] = value
+    expected_keys = [f"features.{i}.{n}" for i in reference for n in ("weight", "bias")]
+    missing = [k for k in expected_keys if k not in state_dict]
+    if unexpected or missing:
+        raise ValueError(
+            f"{source}: not a torchvision VGG-16 state_dict (keys features.<i>.weight/bias, classifier.*): "
+            f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''} ({len(missing)}), "
+            f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''} ({len(unexpected)})"
+        )
+    return out
+
+
+class DeeplabVGG(nn.Module):
+    """DeepLab-v2 VGG-16: ``forward(x [N, 3, H, W]) -> logits [N, num_classes, h, w]``.
+
+    ``h = floor(floor(floor(H / 2) / 2) / 2)`` (three 2x2 pools without ceil mode; everything after keeps the size),
+    the same for ``w``. Input as for the ResNet models (BGR, mean-subtracted, no std).
+
+    Args:
+        num_classes: output classes.
+        vgg16_caffe_path: with ``pretrained``, a file (or URL) holding a torchvision-layout VGG-16 state_dict (the
+            original used a Caffe-converted one); its ``features`` initialise ours.
+        pretrained: initialise the VGG part from ``vgg16_caffe_path`` or, when that is None, from torchvision's
+            ``VGG16_Weights.IMAGENET1K_V1`` (downloads; expects RGB /255 std-normalised input, unlike the Caffe
+            weights -- see the README). Default: random init (torchvision's VGG init; fc6/fc7 PyTorch's default).
+        all_branches: sum all four classifier branches (deviation, opt-in; see ``Classifier_Module``).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        vgg16_caffe_path: str | Path | None = None,
+        pretrained: bool = False,
+        all_branches: bool = False,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        layers = [m for i, m in enumerate(_vgg16_features_layers()) if i not in _DROPPED_VGG_INDICES]
+        for i in _DILATED_CONV5:
+            conv = layers[i]
+            assert isinstance(conv, nn.Conv2d)
+            conv.dilation = (2, 2)
+            conv.padding = (2, 2)
+        fc6 = nn.Conv2d(512, 1024, kernel_size=3, padding=4, dilation=4)
+        fc7 = nn.Conv2d(1024, 1024, kernel_size=3, padding=4, dilation=4)
+        self.features = nn.Sequential(*layers, fc6, nn.ReLU(inplace=True), fc7, nn.ReLU(inplace=True))
+        self.classifier = Classifier_Module(1024, ASPP_DILATIONS, ASPP_DILATIONS, num_classes, all_branches)
+        if pretrained:
+            self.load_vgg16(vgg16_caffe_path)
+
+    def load_vgg16(self, path_or_url: str | Path | None = None) -> None:
+        """Copy VGG-16 ``features`` weights into ours (see :func:`vgg16_to_deeplab_features`).
+
+        ``path_or_url`` None: torchvision's ImageNet weights (``VGG16_Weights.IMAGENET1K_V1``, downloaded into the
+        torch.hub cache with its hash check).
+        """
+        from utils.weights import load_state_dict_from  # here: utils.weights imports model lazily too
+
+        if path_or_url is None:
+            from torchvision.models import VGG16_Weights
+
+            url = VGG16_Weights.IMAGENET1K_V1.url
+            state = load_state_dict_from(url, flag="torchvision VGG16_Weights.IMAGENET1K_V1")
+            source = f"torchvision VGG16_Weights.IMAGENET1K_V1 ({url})"
+        else:
+            state = load_state_dict_from(path_or_url, flag="vgg16_caffe_path")
+            source = str(path_or_url)
+        mapped = vgg16_to_deeplab_features(state, source=source)
+        result = self.load_state_dict(mapped, strict=False)
+        assert not result.unexpected_keys, result.unexpected_keys
+        logger.info("DeeplabVGG: VGG-16 features initialised from %s (fc6, fc7, classifier keep their init)", source)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def optim_parameters(self, lr_or_args: Any, classifier_10x: bool = False) -> list[dict[str, Any]]:
+        """Parameter groups for SGD.
+
+        Default (faithful): ONE group with every parameter at ``lr`` -- the original's ``optim_parameters``
+        returned ``self.parameters()``, and its ``adjust_learning_rate`` only sets a 10x rate when a second group
+        exists. ``classifier_10x=True`` (deviation, opt-in): ``features`` at ``lr``, ``classifier`` at ``10 * lr``,
+        as for the ResNet models. No parameter is listed twice either way.
+        """
+        lr = _learning_rate(lr_or_args)
+        if not classifier_10x:
+            return [{"params": list(self.parameters()), "lr": lr}]
+        return [
+            {"params": list(self.features.parameters()), "lr": lr},
+            {"params": list(self.classifier.parameters()), "lr": 10 * lr},
+        ]
+
+    def optim_parameters_dedup(self, lr_or_args: Any, classifier_10x: bool = False) -> list[dict[str, Any]]:
+        """Same as :meth:`optim_parameters` (VGG lists no parameter twice)."""
+        return self.optim_parameters(lr_or_args, classifier_10x=classifier_10x)
