@@ -112,7 +112,7 @@ MODEL_CHOICES = ("DeepLab", "DeeplabMulti", "DeeplabVGG")
 #: The discriminators' five stride-2 convs need at least this many pixels per side.
 MIN_INPUT_SIDE = 32
 #: Order of the six logged losses (the log line's, TensorBoard's and the loss dict's).
-LOSS_NAMES = ("loss_seg1", "loss_seg2", "loss_adv_target1", "loss_adv_target2", "loss_D1", "loss_D2")
+LOSS_NAMES = ("loss_seg1", "loss_seg2", "loss_adv1", "loss_adv2", "loss_D1", "loss_D2")
 LOG_FORMAT = ("iter = {0:8d}/{1:8d}, loss_seg1 = {2:.3f} loss_seg2 = {3:.3f} loss_adv1 = {4:.3f}, "
               "loss_adv2 = {5:.3f} loss_D1 = {6:.3f} loss_D2 = {7:.3f}")
 
@@ -535,9 +535,9 @@ def train_step(setup: TrainingSetup, source_batches: Iterator, target_batches: I
                 pred_target1 = _upsample(aux_t, s.input_size_target)
                 loss_adv1 = s.adv_loss(s.model_D1(F.softmax(pred_target1, dim=1)), SOURCE_LABEL)
                 loss = s.lambda_adv_target1 * loss_adv1 + s.lambda_adv_target2 * loss_adv2
-                totals["loss_adv_target1"] += loss_adv1.detach() / s.iter_size
+                totals["loss_adv1"] += loss_adv1.detach() / s.iter_size
         s.backward(loss / s.iter_size)
-        totals["loss_adv_target2"] += loss_adv2.detach() / s.iter_size
+        totals["loss_adv2"] += loss_adv2.detach() / s.iter_size
 
         # 3. Discriminators on the source: detached source outputs are "source" (label 0).
         _set_requires_grad(discriminators, True)
@@ -792,7 +792,7 @@ def main(args: argparse.Namespace) -> int:
                 if i_iter % args.log_every == 0 or i_iter == end_iter - 1:
                     emit(format_log_line(i_iter, args.num_steps, losses))
                 if bar is not None:
-                    bar.set_postfix({k: f"{losses[k]:.3f}" for k in ("loss_seg2", "loss_adv_target2", "loss_D2")},
+                    bar.set_postfix({k: f"{losses[k]:.3f}" for k in ("loss_seg2", "loss_adv2", "loss_D2")},
                                     refresh=False)
                     bar.update(1)
                 if writer is not None and i_iter % 10 == 0:

@@ -147,7 +147,7 @@ def test_tensorboard_scalars_and_images(reference):
     snap, _ = reference
     events = _read_events(snap / "tb")
     scalars = {(v.tag, e.step) for e in events for v in e.summary.value if v.HasField("simple_value")}
-    for name in ("loss_seg1", "loss_seg2", "loss_adv_target1", "loss_adv_target2", "loss_D1", "loss_D2"):
+    for name in ("loss_seg1", "loss_seg2", "loss_adv1", "loss_adv2", "loss_D1", "loss_D2"):
         assert (name, 0) in scalars  # every 10 iterations: only iteration 0 in a 4-iteration run
     assert not any(step != 0 for _, step in scalars)
     images = {(v.tag, e.step) for e in events for v in e.summary.value if v.HasField("image")}
@@ -389,7 +389,7 @@ def test_deeplab_vgg_trains_single_output():
     before = _state(setup)
     losses = train.train_step(setup, *_batches(1, 1), i_iter=0)
     after = _state(setup)
-    assert losses["loss_seg1"] == 0 and losses["loss_adv_target1"] == 0 and losses["loss_D1"] == 0
+    assert losses["loss_seg1"] == 0 and losses["loss_adv1"] == 0 and losses["loss_D1"] == 0
     assert losses["loss_seg2"] > 0 and losses["loss_D2"] > 0
     assert not torch.equal(before["model.features.0.weight"], after["model.features.0.weight"])
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("D1."))
