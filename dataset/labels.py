@@ -101,3 +101,36 @@ def colorize_rgb(mask: np.ndarray) -> np.ndarray:
     table = np.zeros((256, 3), dtype=np.uint8)
     table[:NUM_CLASSES] = PALETTE
     return table[mask.astype(np.uint8)]
+
+
+# --------------------------------------------------------------------------------------
+# SYNTHIA-RAND-CITYSCAPES
+# --------------------------------------------------------------------------------------
+
+#: SYNTHIA class id (the first channel of a 16-bit ``GT/LABELS/*.png``) -> Cityscapes trainId.
+#: SYNTHIA's README numbers its classes 0 void, 1 sky, 2 building, 3 road, 4 sidewalk,
+#: 5 fence, 6 vegetation, 7 pole, 8 car, 9 traffic sign, 10 pedestrian, 11 bicycle,
+#: 12 motorcycle, 13 parking-slot, 14 road-work, 15 traffic light, 16 terrain, 17 rider,
+#: 18 truck, 19 bus, 20 train, 21 wall, 22 lanemarking. Ids not listed (0, 13, 14, 22 and
+#: anything else) are ignored. Terrain, truck and train are listed but do not occur in
+#: SYNTHIA-RAND-CITYSCAPES, so a SYNTHIA-trained model learns 16 of the 19 classes.
+SYNTHIA_TO_TRAIN: dict[int, int] = {
+    3: 0, 4: 1, 2: 2, 21: 3, 5: 4, 7: 5, 15: 6, 9: 7, 6: 8, 16: 9,
+    1: 10, 10: 11, 17: 12, 8: 13, 18: 14, 19: 15, 20: 16, 12: 17, 11: 18,
+}
+
+
+def synthia_lut() -> np.ndarray:
+    """A 65 536-entry uint8 lookup table: SYNTHIA class id (uint16) -> trainId, else 255.
+
+    ``lut[ids]`` maps a whole 16-bit id map in one gather (64 KiB of table, no per-id pass).
+    """
+    lut = np.full(65536, IGNORE_LABEL, dtype=np.uint8)
+    for synthia_id, train_id in SYNTHIA_TO_TRAIN.items():
+        lut[synthia_id] = train_id
+    return lut
+
+
+#: SYNTHIA class id (0..65535) -> trainId (0..18, else 255).
+SYNTHIA2TRAIN: np.ndarray = synthia_lut()
+SYNTHIA2TRAIN.setflags(write=False)

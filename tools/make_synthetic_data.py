@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 from PIL import Image
 
-from dataset.labels import INFO_JSON, LABEL2TRAIN, PALETTE
+from dataset.labels import INFO_JSON, LABEL2TRAIN, PALETTE, SYNTHIA_TO_TRAIN
 from utils.runtime import atomic_write
 
 TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne")
@@ -228,6 +228,7 @@ def make_synthetic_datasets(
     source_size: Sequence[int] = (64, 36),
     target_size: Sequence[int] = (64, 32),
     seed: int = 0,
+    cityscapes_train_labels: bool = False,
 ) -> SyntheticPaths:
     """Write the synthetic GTA5 + Cityscapes under ``out_dir`` and return where things are.
 
@@ -238,6 +239,8 @@ def make_synthetic_datasets(
         num_val: Cityscapes ``leftImg8bit/val`` images with their ``gtFine/val`` labelIds.
         source_size, target_size: (W, H) of every GTA5 / Cityscapes image (real: 1914x1052, 2048x1024).
         seed: everything is a function of the seed (and the image's index).
+        cityscapes_train_labels: also write ``gtFine/train`` labelIds of the train images (Cityscapes as a
+            labelled source, ``--source cityscapes``); the images are the same either way.
     """
     for name, n in (("num_source", num_source), ("num_target_train", num_target_train), ("num_val", num_val)):
         if int(n) < 1:
@@ -266,6 +269,9 @@ def make_synthetic_datasets(
         rng = _rng(seed, 1, i)
         layout = make_layout(rng, tw, th)
         _save(Image.fromarray(paint(rng, layout, "target"), mode="RGB"), cs_root / "leftImg8bit" / "train" / name)
+        if cityscapes_train_labels:
+            lname = name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
+            _save(Image.fromarray(layout, mode="L"), cs_root / "gtFine" / "train" / lname)
 
     val_names = _city_names(VAL_CITIES, num_val)
     label_names = [n.replace("_leftImg8bit.png", "_gtFine_labelIds.png") for n in val_names]
@@ -291,6 +297,169 @@ def make_synthetic_datasets(
     )
 
 
+# --------------------------------------------------------------------------------------------------------------
+# The other settings: SYNTHIA, Synscapes and Cross-City in their real layouts
+
+
+@dataclass(frozen=True)
+class OtherSyntheticPaths:
+    """Where :func:`make_synthetic_other_settings` put things (all absolute paths).
+
+    ``synthia_root`` / ``synscapes_root`` are ``--data-dir`` of ``--source synthia`` / ``synscapes`` (no list:
+    the loaders take every image); ``crosscity_root`` is ``--data-dir-target`` of ``--target crosscity`` with
+    ``--city city``; ``crosscity_devkit_dir`` is a compute_iou.py devkit (info.json, val.txt, label.txt) for
+    the city's test images, whose labels are in ``crosscity_gt_dir``.
+    """
+
+    synthia_root: Path
+    synscapes_root: Path
+    crosscity_root: Path
+    city: str
+    crosscity_train_list: Path
+    crosscity_test_list: Path
+    crosscity_devkit_dir: Path
+    crosscity_gt_dir: Path
+
+
+#: Painter labelIds that SYNTHIA-RAND-CITYSCAPES has no class for, and the SYNTHIA id written instead:
+#: void for the unlabelled ids, ids the 19 classes ignore (22 lanemarking, 13 parking-slot) for static
+#: objects and terrain, car for trucks (SYNTHIA has neither terrain nor trucks).
+_SYNTHIA_SUBSTITUTES = {UNLABELED: 0, EGO_VEHICLE: 0, STATIC: 22, TERRAIN: 13, TRUCK: 8}
+
+
+def labelid_to_synthia_table() -> np.ndarray:
+    """(256,) uint16: painter labelId -> SYNTHIA class id, the inverse of ``SYNTHIA_TO_TRAIN`` through the trainIds.
+
+    Derived from :data:`dataset.labels.SYNTHIA_TO_TRAIN` and ``LABEL2TRAIN`` (no new class table), plus
+    :data:`_SYNTHIA_SUBSTITUTES`.
+    """
+    train_to_synthia = {t: s for s, t in SYNTHIA_TO_TRAIN.items()}
+    table = np.zeros(256, dtype=np.uint16)
+    for label_id in range(256):
+        train_id = int(LABEL2TRAIN[label_id])
+        if train_id != 255:
+            table[label_id] = train_to_synthia[train_id]
+    for label_id, synthia_id in _SYNTHIA_SUBSTITUTES.items():
+        table[label_id] = synthia_id
+    return table
+
+
+def encode_synthia_label(class_ids: np.ndarray, instance_ids: np.ndarray) -> bytes:
+    """A SYNTHIA ``GT/LABELS`` PNG: 16 bits per sample, channel 1 the class id, channel 2 the instance id,
+    channel 3 zero. Written with OpenCV (the reader's library), which takes channels in B, G, R order."""
+    from dataset.synthia_dataset import _cv2
+
+    cv2 = _cv2()
+    bgr = np.stack([np.zeros_like(class_ids), instance_ids, class_ids], axis=-1).astype(np.uint16)
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise OSError("OpenCV could not encode a 16-bit PNG")
+    return buf.tobytes()
+
+
+def _crosscity_eval_label(layout: np.ndarray) -> np.ndarray:
+    """The Cross-City annotation of a layout: labelIds of the 13 annotated classes, 0 (unlabeled) elsewhere."""
+    from dataset.labels import CLASS_NAMES
+    from utils.metrics import subset_indices
+
+    annotated = set(subset_indices(CLASS_NAMES, 13))
+    keep = np.array([int(LABEL2TRAIN[v]) in annotated for v in range(256)])
+    return np.where(keep[layout], layout, UNLABELED).astype(np.uint8)
+
+
+def make_synthetic_other_settings(
+    out_dir: str | Path,
+    num_source: int = 4,
+    num_target_train: int = 4,
+    num_test: int = 2,
+    synthia_size: Sequence[int] = (64, 38),
+    synscapes_size: Sequence[int] = (72, 36),
+    crosscity_size: Sequence[int] = (64, 32),
+    city: str = "Rome",
+    seed: int = 0,
+) -> OtherSyntheticPaths:
+    """Write a synthetic SYNTHIA-RAND-CITYSCAPES, Synscapes and one Cross-City city under ``out_dir``::
+
+        OUT/SYNTHIA/RGB/0000000.png              RGB
+        OUT/SYNTHIA/GT/LABELS/0000000.png        16-bit, 3 channels: SYNTHIA class id, instance id, 0
+        OUT/Synscapes/img/rgb/1.png              RGB
+        OUT/Synscapes/img/class/1.png            'L', Cityscapes labelIds
+        OUT/NTHU_Datasets/<City>/Images/Train/pano_00000_0_0.png     unlabelled
+        OUT/NTHU_Datasets/<City>/Images/Test/pano_01000_0_180.png
+        OUT/NTHU_Datasets/<City>/Labels/Test/pano_01000_0_180_eval.png   'L', labelIds of the 13 classes, 0 elsewhere
+        OUT/lists/crosscity_list/<City>/{train.txt,test.txt,val.txt,label.txt,info.json}
+
+    The scenes come from the same painter as GTA5/Cityscapes (:func:`make_layout`, :func:`paint`: the sources
+    in the "source" look, Cross-City in the "target" look), their labelIds rewritten in each dataset's ids.
+    Sizes are (W, H) (real: 1280x760, 1440x720, 2048x1024). Requires OpenCV for the 16-bit labels.
+    """
+    from dataset.crosscity_dataset import CITIES
+
+    for name, n in (("num_source", num_source), ("num_target_train", num_target_train), ("num_test", num_test)):
+        if int(n) < 1:
+            raise ValueError(f"{name} must be at least 1, got {n}")
+    if city not in CITIES:
+        raise ValueError(f"city must be one of {', '.join(CITIES)}, got {city!r}")
+    sizes = {name: _parse_size(size, name) for name, size in (
+        ("synthia_size", synthia_size), ("synscapes_size", synscapes_size), ("crosscity_size", crosscity_size))}
+    out = Path(out_dir).resolve()
+
+    synthia_root = out / "SYNTHIA"
+    to_synthia = labelid_to_synthia_table()
+    w, h = sizes["synthia_size"]
+    for i in range(num_source):
+        rng = _rng(seed, 3, i)
+        layout = make_layout(rng, w, h)
+        name = f"{i:07d}.png"
+        _save(Image.fromarray(paint(rng, layout, "source"), mode="RGB"), synthia_root / "RGB" / name)
+        # instance ids above 255, so that reading the wrong channel or 8 bits cannot pass for the class ids
+        instances = (layout.astype(np.uint16) * 37 + 300) % 1000
+        data = encode_synthia_label(to_synthia[layout], instances)
+        atomic_write(synthia_root / "GT" / "LABELS" / name, lambda tmp, data=data: tmp.write_bytes(data))
+
+    synscapes_root = out / "Synscapes"
+    w, h = sizes["synscapes_size"]
+    for i in range(num_source):
+        rng = _rng(seed, 4, i)
+        layout = make_layout(rng, w, h)
+        name = f"{i + 1}.png"
+        _save(Image.fromarray(paint(rng, layout, "source"), mode="RGB"), synscapes_root / "img" / "rgb" / name)
+        _save(Image.fromarray(layout, mode="L"), synscapes_root / "img" / "class" / name)
+
+    cc_root = out / "NTHU_Datasets"
+    city_dir = cc_root / city
+    devkit = out / "lists" / "crosscity_list" / city
+    w, h = sizes["crosscity_size"]
+    train_names = [f"pano_{i:05d}_0_0.png" for i in range(num_target_train)]
+    for i, name in enumerate(train_names):
+        rng = _rng(seed, 5, i)
+        layout = make_layout(rng, w, h)
+        _save(Image.fromarray(paint(rng, layout, "target"), mode="RGB"), city_dir / "Images" / "Train" / name)
+    test_names = [f"pano_{1000 + i:05d}_0_180.png" for i in range(num_test)]
+    label_names = [n[: -len(".png")] + "_eval.png" for n in test_names]
+    for i, (name, lname) in enumerate(zip(test_names, label_names)):
+        rng = _rng(seed, 6, i)
+        layout = make_layout(rng, w, h)
+        _save(Image.fromarray(paint(rng, layout, "target"), mode="RGB"), city_dir / "Images" / "Test" / name)
+        _save(Image.fromarray(_crosscity_eval_label(layout), mode="L"), city_dir / "Labels" / "Test" / lname)
+    _write_lines(devkit / "train.txt", train_names)
+    _write_lines(devkit / "test.txt", test_names)
+    _write_lines(devkit / "val.txt", test_names)  # compute_iou.py's names for the images
+    _write_lines(devkit / "label.txt", label_names)
+    atomic_write(devkit / "info.json", lambda tmp: shutil.copyfile(INFO_JSON, tmp))
+
+    return OtherSyntheticPaths(
+        synthia_root=synthia_root,
+        synscapes_root=synscapes_root,
+        crosscity_root=cc_root,
+        city=city,
+        crosscity_train_list=devkit / "train.txt",
+        crosscity_test_list=devkit / "test.txt",
+        crosscity_devkit_dir=devkit,
+        crosscity_gt_dir=city_dir / "Labels" / "Test",
+    )
+
+
 def _size_arg(text: str) -> tuple[int, int]:
     try:
         w, h = (int(v) for v in text.split(","))
@@ -311,6 +480,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--source-size", type=_size_arg, default=(64, 36), help="W,H of GTA5 images")
     parser.add_argument("--target-size", type=_size_arg, default=(64, 32), help="W,H of Cityscapes images")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--other-settings", action="store_true",
+                        help="also write SYNTHIA, Synscapes and a Cross-City city (--city), and Cityscapes gtFine/train "
+                             "labels (Cityscapes as a source), for --source/--target of the training script")
+    parser.add_argument("--city", default="Rome", help="the Cross-City city of --other-settings")
     return parser
 
 
@@ -324,7 +497,13 @@ def main(args: argparse.Namespace) -> int:
             source_size=args.source_size,
             target_size=args.target_size,
             seed=args.seed,
+            cityscapes_train_labels=args.other_settings,
         )
+        other = None
+        if args.other_settings:
+            other = make_synthetic_other_settings(args.out, num_source=args.num_source,
+                                                  num_target_train=args.num_target_train, num_test=args.num_val,
+                                                  city=args.city, seed=args.seed)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -341,6 +520,12 @@ def main(args: argparse.Namespace) -> int:
         f"--data-dir-target {paths.cityscapes_root} --data-list-target {paths.cityscapes_train_list} "
         f"--data-list-val {paths.cityscapes_val_list}"
     )
+    if other is not None:
+        print(f"SYNTHIA (--source synthia --data-dir):          {other.synthia_root}")
+        print(f"Synscapes (--source synscapes --data-dir):      {other.synscapes_root}")
+        print(f"Cross-City (--target crosscity --city {other.city} --data-dir-target): {other.crosscity_root}")
+        print(f"Cross-City devkit (compute_iou.py --classes 13): {other.crosscity_devkit_dir}")
+        print(f"Cross-City ground truth (compute_iou.py):        {other.crosscity_gt_dir}")
     return 0
 
 

@@ -1,0 +1,93 @@
+"""The paper's adaptation settings in one table: per source and per target, the loader, the default input
+size, data directory and list, the class count, the snapshot name prefix and the evaluation class subset.
+
+The training script takes ``--source`` / ``--target`` and fills every flag the user did not give from
+here, so ``--source gta5 --target cityscapes`` (the defaults) is exactly the original's run.
+
+Input sizes, as ``(W, H)``:
+
+* GTA5 1280x720 and Cityscapes 1024x512: the original AdaptSegNet defaults.
+* SYNTHIA-RAND-CITYSCAPES 1280x760: its native size, not resized (the size later AdaptSegNet-based code,
+  e.g. MaxSquareLoss, BDL, ADVENT, trains SYNTHIA -> Cityscapes at).
+* Synscapes 1440x720: its native size.
+* Cityscapes as the source and Cross-City as the target 1024x512: both are 2048x1024 and are resized as
+  Cityscapes is in GTA5 -> Cityscapes (also MaxSquareLoss's Cityscapes -> NTHU setting).
+
+Class count: every model outputs the **19** Cityscapes classes, whatever the source (the original's
+classifier and discriminators, its initialisation rule and its evaluation unchanged). A SYNTHIA-trained
+model never sees terrain, truck or train; the paper reports SYNTHIA -> Cityscapes over 13 classes and
+Cross-City over its 13 annotated classes, so those settings evaluate the subset 13 of the 19-class
+confusion matrix (``utils.metrics.CLASS_SUBSETS``). The original code for these settings was never released;
+this choice follows the released GTA5 code (and AdaptSegNet-derived code such as BDL, whose SYNTHIA loader
+keeps 19 outputs), not a 16-class head as in ADVENT/CBST.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from dataset.cityscapes_dataset import cityscapesDataSet
+from dataset.cityscapes_source_dataset import CityscapesSourceDataSet
+from dataset.crosscity_dataset import CITIES, CrossCityDataSet
+from dataset.gta5_dataset import GTA5DataSet
+from dataset.labels import NUM_CLASSES
+from dataset.synscapes_dataset import SynscapesDataSet
+from dataset.synthia_dataset import SYNTHIADataSet
+
+
+@dataclass(frozen=True)
+class SourceSetting:
+    """A labelled source domain."""
+
+    title: str
+    dataset: type
+    input_size: tuple[int, int]  # (W, H)
+    data_dir: str
+    #: ``None``: every image of the dataset's image folder (the dataset ships no list)
+    data_list: Optional[str]
+    #: snapshots are ``<prefix>_<iter>.pth`` (``GTA5_<iter>.pth`` as the original for GTA5)
+    snapshot_prefix: str
+    num_classes: int
+    #: size of the class subset the paper reports for this source (19, 16 or 13)
+    eval_classes: int
+
+
+@dataclass(frozen=True)
+class TargetSetting:
+    """An unlabelled target domain (and its labelled evaluation split)."""
+
+    title: str
+    dataset: type
+    input_size: tuple[int, int]  # (W, H)
+    data_dir: str
+    data_list: Optional[str]
+    eval_classes: int
+    #: the source of the paper's setting for this target, used when ``--source`` is not given
+    default_source: str
+
+
+SOURCES: dict[str, SourceSetting] = {
+    "gta5": SourceSetting("GTA5", GTA5DataSet, (1280, 720), "./data/GTA5", "./dataset/gta5_list/train.txt",
+                          "GTA5", NUM_CLASSES, 19),
+    "synthia": SourceSetting("SYNTHIA-RAND-CITYSCAPES", SYNTHIADataSet, (1280, 760), "./data/SYNTHIA", None,
+                             "SYNTHIA", NUM_CLASSES, 13),
+    "synscapes": SourceSetting("Synscapes", SynscapesDataSet, (1440, 720), "./data/Synscapes", None,
+                               "Synscapes", NUM_CLASSES, 19),
+    "cityscapes": SourceSetting("Cityscapes", CityscapesSourceDataSet, (1024, 512), "./data/Cityscapes/data",
+                                "./dataset/cityscapes_list/train.txt", "Cityscapes", NUM_CLASSES, 19),
+}
+
+TARGETS: dict[str, TargetSetting] = {
+    "cityscapes": TargetSetting("Cityscapes", cityscapesDataSet, (1024, 512), "./data/Cityscapes/data",
+                                "./dataset/cityscapes_list/train.txt", 19, "gta5"),
+    "crosscity": TargetSetting("Cross-City (NTHU)", CrossCityDataSet, (1024, 512), "./data/NTHU_Datasets", None,
+                               13, "cityscapes"),
+}
+
+
+def eval_classes(source: str, target: str) -> int:
+    """The class subset to report for a (source, target) pair: the smaller of the two (the subsets nest)."""
+    return min(SOURCES[source].eval_classes, TARGETS[target].eval_classes)
+
+
+__all__ = ["SourceSetting", "TargetSetting", "SOURCES", "TARGETS", "CITIES", "eval_classes"]

@@ -1,0 +1,400 @@
+"""Pictures of results: a side-by-side sheet of predictions and a per-class IoU bar chart.
+
+    # image | prediction | ground truth for the first 4 images of the val list, into one PNG
+    python tools/visualize.py sheet --pred-dir result/cityscapes \\
+        --gt-dir ./data/Cityscapes/data/gtFine/val --out sheet.png
+
+    # per-class IoU of any number of runs (compute_iou.py --json / evaluate_cityscapes.py --json files)
+    python tools/visualize.py chart run1.json run2.json --labels source-only adapted --out chart.png
+
+``sheet`` reads the Cityscapes images named by ``--data-list`` (as evaluate_cityscapes.py does), the trainId PNGs
+that evaluate_cityscapes.py wrote to ``--pred-dir`` (``<pred-dir>/<basename of the list line>``) and, with
+``--gt-dir``, the ``*_gtFine_labelIds.png`` ground truth (mapped to trainIds; ignored pixels are black). Every
+tile is scaled to ``--width``; a legend names the classes that appear.
+
+``chart`` draws one horizontal bar per class and run (and one for the mIoU), in percent, and prints the same
+numbers as a table. Classes absent from both the ground truth and the prediction have no IoU (``null`` in the
+JSON, NaN in compute_iou.py's table): they are marked "n/a" and, as in compute_iou.py, left out of the mIoU.
+
+Drawing uses Pillow only (no plotting library). Files are written atomically.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from dataset.cityscapes_dataset import cityscapes_image_path, gtfine_name
+from dataset.labels import CLASS_NAMES, LABEL2TRAIN, NUM_CLASSES, PALETTE, colorize_rgb
+from utils.runtime import atomic_write
+
+#: Bar colours of the runs in a chart, in order (cycled beyond six runs). Not class colours.
+RUN_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+GRID = (220, 220, 220)
+
+
+class VisualizeError(ValueError):
+    """Bad input to the sheet or the chart (the message names the file or flag and what was expected)."""
+
+
+# ---- drawing helpers ----------------------------------------------------------------------------------------------
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    """Pillow's built-in font at ``size`` pixels (scalable since Pillow 10.1; the fixed bitmap font before)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: no size argument
+        return ImageFont.load_default()
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def save_png(image: Image.Image, path: str | Path) -> Path:
+    """Write ``image`` as PNG atomically (temporary file, then rename); creates the parent folder."""
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+# ---- the sheet ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SheetRow:
+    """The files of one row of the sheet."""
+
+    name: str
+    image: Path
+    prediction: Path
+    ground_truth: Path | None
+
+
+def read_list(path: str | Path) -> list[str]:
+    """Non-blank lines of a Cityscapes list file (``city/city_x_y_leftImg8bit.png``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise VisualizeError(f"--data-list {path}: no such file (expected a Cityscapes list such as "
+                             "dataset/cityscapes_list/val.txt)")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise VisualizeError(f"--data-list {path} is empty (expected one image name per line)")
+    return names
+
+
+def sheet_rows(data_dir: str | Path, names: Sequence[str], pred_dir: str | Path, gt_dir: str | Path | None,
+               set: str = "val") -> list[SheetRow]:
+    """Where each row's image, prediction (``pred_dir/<basename>``) and ground truth are; all must exist."""
+    rows = []
+    for name in names:
+        gt = None
+        if gt_dir is not None:
+            try:
+                gt = Path(gt_dir) / gtfine_name(name)
+            except ValueError as exc:
+                raise VisualizeError(f"list entry: {exc}, so its gtFine file name is unknown") from None
+        rows.append(SheetRow(name, cityscapes_image_path(data_dir, set, name), Path(pred_dir) / name.split("/")[-1],
+                             gt))
+    missing = [str(p) for r in rows for p in (r.image, r.prediction, r.ground_truth)
+               if p is not None and not p.is_file()]
+    if missing:
+        shown = "\n".join("  " + p for p in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        raise VisualizeError(f"{len(missing)} files for the sheet do not exist (check --data-dir, --set, "
+                             f"--pred-dir and --gt-dir):\n{shown}{more}")
+    return rows
+
+
+def _read_ids(path: Path, what: str) -> np.ndarray:
+    """The pixel values of a single-channel PNG (trainIds or labelIds), never converted."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P"):
+                raise VisualizeError(f"{what} {path} has mode {img.mode!r}, expected a single-channel ('L' or "
+                                     "'P') PNG of ids")
+            return np.asarray(img)
+    except OSError as exc:
+        raise VisualizeError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _read_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except OSError as exc:
+        raise VisualizeError(f"cannot read image {path}: {exc}") from None
+
+
+def make_sheet(rows: Sequence[SheetRow], width: int = 384, legend: bool = True) -> Image.Image:
+    """One RGB image: a header, then per row ``image | prediction | ground truth`` (each ``width`` wide, the
+    height following the image's aspect ratio; label maps scaled with nearest neighbour), the row's name under
+    it, and a legend of the classes that occur in the predictions or ground truths."""
+    if not rows:
+        raise VisualizeError("no images for the sheet (--num-images must be >= 1)")
+    if width < 16:
+        raise VisualizeError(f"--width must be at least 16 pixels, got {width}")
+    columns = ["image", "prediction"] + (["ground truth"] if rows[0].ground_truth is not None else [])
+    font = _font(max(12, width // 24))
+    pad = max(4, width // 64)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line_h = _text_size(probe, "Ag", font)[1] + pad
+
+    tiles: list[list[Image.Image]] = []
+    present: set[int] = set()
+    for row in rows:
+        image = _read_rgb(row.image)
+        height = max(1, round(width * image.height / image.width))
+        pred = _read_ids(row.prediction, "prediction")
+        present.update(int(v) for v in np.unique(pred) if v < NUM_CLASSES)
+        row_tiles = [image.resize((width, height), Image.Resampling.BILINEAR),
+                     Image.fromarray(colorize_rgb(pred)).resize((width, height), Image.Resampling.NEAREST)]
+        if row.ground_truth is not None:
+            gt = LABEL2TRAIN[_read_ids(row.ground_truth, "ground truth")]
+            present.update(int(v) for v in np.unique(gt) if v < NUM_CLASSES)
+            row_tiles.append(Image.fromarray(colorize_rgb(gt)).resize((width, height), Image.Resampling.NEAREST))
+        tiles.append(row_tiles)
+
+    sheet_w = len(columns) * width + (len(columns) + 1) * pad
+    legend_items = sorted(present)
+    swatch = line_h - pad
+    item_w = swatch + pad + max([_text_size(probe, CLASS_NAMES[c], font)[0] for c in legend_items] or [0]) + 2 * pad
+    per_line = max(1, (sheet_w - pad) // max(1, item_w))
+    legend_lines = math.ceil(len(legend_items) / per_line) if legend and legend_items else 0
+    sheet_h = line_h + pad + sum(t[0].height + line_h + pad for t in tiles) + legend_lines * line_h + pad
+
+    sheet = Image.new("RGB", (sheet_w, sheet_h), BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
+    for j, title in enumerate(columns):
+        x = pad + j * (width + pad)
+        draw.text((x + (width - _text_size(draw, title, font)[0]) // 2, pad // 2), title, fill=TEXT, font=font)
+    y = line_h + pad
+    for row, row_tiles in zip(rows, tiles):
+        for j, tile in enumerate(row_tiles):
+            sheet.paste(tile, (pad + j * (width + pad), y))
+        y += row_tiles[0].height
+        draw.text((pad, y + pad // 2), row.name, fill=TEXT, font=font)
+        y += line_h + pad
+    if legend_lines:
+        for k, c in enumerate(legend_items):
+            x = pad + (k % per_line) * item_w
+            yy = y + (k // per_line) * line_h
+            draw.rectangle((x, yy, x + swatch, yy + swatch), fill=tuple(int(v) for v in PALETTE[c]),
+                           outline=TEXT)
+            draw.text((x + swatch + pad, yy), CLASS_NAMES[c], fill=TEXT, font=font)
+    return sheet
+
+
+# ---- the chart ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class IoURun:
+    """One run's result: per-class IoU in [0, 1] (NaN when the class has no pixel in gt or prediction)."""
+
+    label: str
+    names: list[str]
+    ious: list[float]
+    miou: float
+    path: str = ""
+
+
+def read_iou_json(path: str | Path, label: str | None = None) -> IoURun:
+    """Read compute_iou.py's (or evaluate_cityscapes.py's) ``--json`` file.
+
+    Expected keys: ``per_class_iou`` (class name -> fraction or null) and ``mIoU`` (fraction or null).
+    The default label is the file name without ``.json``.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VisualizeError(f"{path}: no such file (expected the --json output of compute_iou.py)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VisualizeError(f"{path}: cannot be read as JSON ({exc})") from None
+    per_class = data.get("per_class_iou") if isinstance(data, dict) else None
+    if not isinstance(per_class, dict) or not per_class or "mIoU" not in data:
+        raise VisualizeError(f"{path}: expected the --json output of compute_iou.py (keys 'per_class_iou' "
+                             "and 'mIoU')")
+
+    def value(v: Any, what: str) -> float:
+        if v is None:
+            return math.nan
+        if not isinstance(v, (int, float)) or not (math.isnan(v) or 0.0 <= v <= 1.0):
+            raise VisualizeError(f"{path}: {what} is {v!r}, expected a fraction in [0, 1] or null")
+        return float(v)
+
+    names = [str(k) for k in per_class]
+    ious = [value(v, f"per_class_iou[{k!r}]") for k, v in per_class.items()]
+    return IoURun(label if label is not None else path.stem, names, ious, value(data["mIoU"], "mIoU"), str(path))
+
+
+def check_runs(runs: Sequence[IoURun]) -> None:
+    """All runs must list the same classes in the same order."""
+    if not runs:
+        raise VisualizeError("chart: give at least one JSON file")
+    for run in runs[1:]:
+        if run.names != runs[0].names:
+            raise VisualizeError(f"{run.path} lists the classes {run.names[:3]}... but {runs[0].path} lists "
+                                 f"{runs[0].names[:3]}...: the runs must use the same classes")
+
+
+def _pct(v: float) -> str:
+    return "n/a" if math.isnan(v) else f"{100 * v:.1f}"
+
+
+def format_table(runs: Sequence[IoURun]) -> str:
+    """A text table: one line per class and one for the mIoU, one column per run, IoU in percent."""
+    check_runs(runs)
+    name_w = max(len("mIoU"), *(len(n) for n in runs[0].names))
+    col_w = [max(6, len(r.label)) for r in runs]
+    head = "class".ljust(name_w) + "".join("  " + r.label.rjust(w) for r, w in zip(runs, col_w))
+    lines = [head, "-" * len(head)]
+    for i, name in enumerate(runs[0].names):
+        lines.append(name.ljust(name_w) + "".join("  " + _pct(r.ious[i]).rjust(w) for r, w in zip(runs, col_w)))
+    lines.append("-" * len(head))
+    lines.append("mIoU".ljust(name_w) + "".join("  " + _pct(r.miou).rjust(w) for r, w in zip(runs, col_w)))
+    return "\n".join(lines)
+
+
+def make_chart(runs: Sequence[IoURun], title: str = "Per-class IoU (%)", bar_height: int = 14,
+               plot_width: int = 480) -> Image.Image:
+    """Horizontal grouped bars: for each class (then the mIoU) one bar per run, 0..100 %, value at the bar's end.
+
+    A class with no IoU in a run is labelled "n/a" with no bar.
+    """
+    check_runs(runs)
+    font = _font(max(11, bar_height - 2))
+    title_font = _font(max(13, bar_height + 2))
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    pad = 8
+    rows = list(runs[0].names) + ["mIoU"]
+    label_w = max(_text_size(probe, n, font)[0] for n in rows) + 2 * pad
+    value_w = _text_size(probe, "100.0", font)[0] + 2 * pad
+    text_h = _text_size(probe, "Ag", font)[1]
+    group_h = len(runs) * bar_height + pad
+    legend_h = text_h + pad
+    top = pad + _text_size(probe, title, title_font)[1] + pad + legend_h + pad
+    axis_h = text_h + 2 * pad
+    width = label_w + plot_width + value_w + pad
+    height = top + len(rows) * group_h + pad + axis_h
+
+    img = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    draw.text((pad, pad), title, fill=TEXT, font=title_font)
+    # legend
+    x = label_w
+    y_leg = top - legend_h - pad
+    for k, run in enumerate(runs):
+        colour = RUN_COLOURS[k % len(RUN_COLOURS)]
+        draw.rectangle((x, y_leg, x + text_h, y_leg + text_h), fill=colour)
+        label = f"{run.label} (mIoU {_pct(run.miou)})"
+        draw.text((x + text_h + pad // 2, y_leg), label, fill=TEXT, font=font)
+        x += text_h + pad + _text_size(draw, label, font)[0] + 2 * pad
+    # grid and axis
+    bottom = top + len(rows) * group_h
+    for tick in range(0, 101, 20):
+        gx = label_w + round(plot_width * tick / 100)
+        draw.line((gx, top, gx, bottom), fill=GRID)
+        t = str(tick)
+        draw.text((gx - _text_size(draw, t, font)[0] // 2, bottom + pad), t, fill=TEXT, font=font)
+    # the mIoU group is set apart by a line
+    draw.line((pad, bottom - group_h, width - pad, bottom - group_h), fill=GRID)
+    for i, name in enumerate(rows):
+        y0 = top + i * group_h + pad // 2
+        draw.text((label_w - pad - _text_size(draw, name, font)[0], y0 + (len(runs) * bar_height - text_h) // 2),
+                  name, fill=TEXT, font=font)
+        for k, run in enumerate(runs):
+            v = run.miou if name == "mIoU" and i == len(rows) - 1 else run.ious[i]
+            yb = y0 + k * bar_height
+            if math.isnan(v):
+                draw.text((label_w + 2, yb), "n/a", fill=TEXT, font=font)
+                continue
+            xe = label_w + round(plot_width * v)
+            if xe > label_w:
+                draw.rectangle((label_w, yb + 1, xe, yb + bar_height - 2), fill=RUN_COLOURS[k % len(RUN_COLOURS)])
+            draw.text((xe + 3, yb), _pct(v), fill=TEXT, font=font)
+    draw.line((label_w, top, label_w, bottom), fill=TEXT)
+    return img
+
+
+# ---- command line -------------------------------------------------------------------------------------------------
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Result pictures: prediction sheet and per-class IoU chart.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sheet,chart}")
+
+    s = sub.add_parser("sheet", help="image | prediction | ground truth for a few images, into one PNG",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s.add_argument("--data-dir", default="./data/Cityscapes/data",
+                   help="Cityscapes directory holding leftImg8bit/ (as evaluate_cityscapes.py)")
+    s.add_argument("--data-list", default="./dataset/cityscapes_list/val.txt",
+                   help="list of images (as evaluate_cityscapes.py); the first --num-images are shown")
+    s.add_argument("--set", default="val", help="split folder under leftImg8bit/")
+    s.add_argument("--pred-dir", default="./result/cityscapes",
+                   help="evaluate_cityscapes.py's --save directory (trainId PNGs)")
+    s.add_argument("--gt-dir", default=None,
+                   help="gtFine directory (e.g. ./data/Cityscapes/data/gtFine/val); without it, no ground-truth "
+                        "column")
+    s.add_argument("--num-images", type=int, default=4, help="rows of the sheet")
+    s.add_argument("--width", type=int, default=384, help="width of each tile in pixels")
+    s.add_argument("--out", default="sheet.png", help="output PNG")
+
+    c = sub.add_parser("chart", help="per-class IoU bar chart of one or more compute_iou.py --json files",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c.add_argument("json", nargs="+", help="compute_iou.py (or evaluate_cityscapes.py) --json files")
+    c.add_argument("--labels", nargs="+", default=None,
+                   help="one name per JSON file (default: the file names)")
+    c.add_argument("--title", default="Per-class IoU (%)", help="chart title")
+    c.add_argument("--out", default="chart.png", help="output PNG")
+    return parser
+
+
+def run_sheet(args: argparse.Namespace) -> int:
+    if args.num_images < 1:
+        raise VisualizeError(f"--num-images must be >= 1, got {args.num_images}")
+    names = read_list(args.data_list)[: args.num_images]
+    rows = sheet_rows(args.data_dir, names, args.pred_dir, args.gt_dir, args.set)
+    save_png(make_sheet(rows, width=args.width), args.out)
+    print(f"sheet of {len(rows)} images: {args.out}")
+    return 0
+
+
+def run_chart(args: argparse.Namespace) -> int:
+    if args.labels is not None and len(args.labels) != len(args.json):
+        raise VisualizeError(f"--labels: {len(args.labels)} labels for {len(args.json)} JSON files "
+                             "(give one label per file)")
+    labels = args.labels or [None] * len(args.json)
+    runs = [read_iou_json(p, lab) for p, lab in zip(args.json, labels)]
+    if args.labels is None and len({r.label for r in runs}) < len(runs):
+        for r in runs:  # same file names in different folders: use the paths
+            r.label = r.path
+    print(format_table(runs))
+    save_png(make_chart(runs, title=args.title), args.out)
+    print(f"chart: {args.out}")
+    return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        return run_sheet(args) if args.command == "sheet" else run_chart(args)
+    except (VisualizeError, OSError) as exc:
+        print(f"visualize.py {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
