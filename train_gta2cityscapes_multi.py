@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from dataset.checks import DatasetError
 from dataset.cityscapes_dataset import cityscapesDataSet
-from dataset.gta5_dataset import GTA5DataSet
 from dataset.labels import IMG_MEAN, colorize_rgb
+from dataset.settings import CITIES, SOURCES, TARGETS
 from model import FCDiscriminator, build_model
 from model.deeplab_vgg import vgg16_to_deeplab_features
 from utils.checkpoint import (
@@ -54,11 +54,20 @@ from utils.checkpoint import (
 from utils.loss import GAN_CHOICES, SOURCE_LABEL, TARGET_LABEL, AdversarialLoss, CrossEntropy2d
 from utils.optim import Adam04, FaithfulSGD, adjust_learning_rate, lr_poly
 from utils.runtime import (
+    all_reduce_gradients_,
+    all_reduce_max_int,
+    all_reduce_mean_,
+    atomic_torch_save,
     atomic_write,
+    broadcast_module_,
     check_writable_dir,
+    cleanup_distributed,
+    configure_backends,
     get_rank,
     get_world_size,
+    init_distributed,
     is_main_process,
+    resolve_amp_dtype,
     seed_everything,
     select_device,
 )
@@ -109,6 +118,8 @@ TARGET = "cityscapes"
 SET = "train"
 
 MODEL_CHOICES = ("DeepLab", "DeeplabMulti", "DeeplabVGG")
+#: Batches each DataLoader worker keeps ready.
+PREFETCH_FACTOR = 2
 #: The discriminators' five stride-2 convs need at least this many pixels per side.
 MIN_INPUT_SIDE = 32
 #: Order of the six logged losses (the log line's, TensorBoard's and the loss dict's).
@@ -142,13 +153,61 @@ def parse_layers(text: str) -> tuple[int, int, int, int]:
     return parts[0], parts[1], parts[2], parts[3]
 
 
+#: Namespace attribute listing the dests of the (value-taking) flags given on the command line.
+EXPLICIT_FLAGS = "explicit_flags"
+
+
+class StoreExplicit(argparse.Action):
+    """argparse's plain ``store`` that also records the flag's dest in ``namespace.explicit_flags``, so that the
+    per-setting defaults (:func:`apply_setting_defaults`) replace only the flags the user did not give."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        given = set(getattr(namespace, EXPLICIT_FLAGS, None) or ())
+        setattr(namespace, EXPLICIT_FLAGS, sorted(given | {self.dest}))
+
+
+def flag_given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether ``--dest`` was on the command line; a namespace built without the parser counts as all given."""
+    explicit = getattr(args, EXPLICIT_FLAGS, None)
+    return explicit is None or dest in explicit
+
+
+def apply_setting_defaults(args: argparse.Namespace) -> None:
+    """Fill the flags the user did not give from the ``--source`` / ``--target`` rows of ``dataset/settings.py``.
+
+    ``--source`` defaults to the target's paper setting (gta5 for cityscapes, cityscapes for crosscity); then the
+    source's data directory, list and input size and the target's directory, list and input size. For the
+    default gta5 -> cityscapes these equal the original's defaults, so nothing changes. Idempotent.
+    """
+    if not hasattr(args, "source"):  # a namespace from before these flags
+        return
+    if not flag_given(args, "source"):
+        args.source = TARGETS[args.target].default_source
+    src, tgt = SOURCES[args.source], TARGETS[args.target]
+    for dest, value in (("data_dir", src.data_dir), ("data_list", src.data_list), ("input_size", src.input_size),
+                        ("data_dir_target", tgt.data_dir), ("data_list_target", tgt.data_list),
+                        ("input_size_target", tgt.input_size)):
+        if not flag_given(args, dest):
+            setattr(args, dest, value)
+
+
+def snapshot_prefix(args: argparse.Namespace) -> str:
+    """Snapshot file prefix of the run's source: ``GTA5`` (the original's ``GTA5_<i>.pth``), ``SYNTHIA``, ..."""
+    return SOURCES[getattr(args, "source", "gta5")].snapshot_prefix
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     """The original's flags (names, defaults) and, in their own group, the flags beyond the original."""
-    parser = argparse.ArgumentParser(description="AdaptSegNet training: GTA5 -> Cityscapes (DeepLab-v2)")
+    parser = argparse.ArgumentParser(description="AdaptSegNet training: GTA5 -> Cityscapes (DeepLab-v2); other "
+                                                 "settings with --source / --target")
+    for name in (None, "store"):  # argparse's default action: every value flag records that it was given
+        parser.register("action", name, StoreExplicit)
+    parser.set_defaults(**{EXPLICIT_FLAGS: []})
     parser.add_argument("--model", type=str, default=MODEL, choices=MODEL_CHOICES,
                         help="DeepLab (= DeeplabMulti, multi-level ResNet-101) or DeeplabVGG (single output)")
-    parser.add_argument("--target", type=str, default=TARGET, choices=("cityscapes",),
-                        help="available options : cityscapes")
+    parser.add_argument("--target", type=str, default=TARGET, choices=tuple(TARGETS),
+                        help="available options : " + ", ".join(TARGETS) + " (crosscity needs --city)")
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE,
                         help="Number of images sent to the network in one step.")
     parser.add_argument("--iter-size", type=int, default=ITER_SIZE,
@@ -234,15 +293,48 @@ def get_args_parser() -> argparse.ArgumentParser:
     new.add_argument("--resnet-layers", type=parse_layers, default="3,4,23,3", metavar="L1,L2,L3,L4",
                      help="ResNet block counts (default ResNet-101; small values for tests)")
     new.add_argument("--log-every", type=int, default=1, metavar="N", help="print the loss line every N iterations")
+    new.add_argument("--source", type=str, default="gta5", choices=tuple(SOURCES),
+                     help="labelled source domain (default gta5; cityscapes with --target crosscity). Flags not given "
+                          "(--data-dir, --data-list, --input-size and the target's) take the setting's defaults "
+                          "from dataset/settings.py; snapshots are named after the source (GTA5_<i>.pth, "
+                          "SYNTHIA_<i>.pth, Synscapes_<i>.pth, Cityscapes_<i>.pth)")
+    new.add_argument("--city", type=str, default=None, choices=CITIES,
+                     help="the Cross-City city of --target crosscity")
     # Testing hooks (hidden).
     new.add_argument("--debug-full-step", action="store_true", help=argparse.SUPPRESS)
     new.add_argument("--debug-nan-at", type=int, default=None, help=argparse.SUPPRESS)
     new.add_argument("--debug-signal-at", type=int, default=None, help=argparse.SUPPRESS)
+
+    speed = parser.add_argument_group(
+        "speed and multi-GPU (beyond the original; several GPUs: torchrun --nproc-per-node=N "
+        "train_gta2cityscapes_multi.py ...)")
+    speed.add_argument("--amp", action="store_true",
+                       help="mixed precision: the networks' forward passes under autocast (bfloat16 where supported, "
+                            "else float16 with a gradient scaler); losses, softmax and optimizers stay float32")
+    speed.add_argument("--amp-dtype", type=str, default="auto", choices=("auto", "bfloat16", "float16"),
+                       help="autocast dtype for --amp (auto: bfloat16 on the CPU and on GPUs that support it, "
+                            "else float16)")
+    speed.add_argument("--channels-last", action="store_true",
+                       help="networks and inputs in channels_last memory format (faster convolutions on tensor-core "
+                            "GPUs, above all with --amp)")
+    speed.add_argument("--deterministic", action="store_true",
+                       help="deterministic cuDNN algorithms and torch.use_deterministic_algorithms(warn_only=True), "
+                            "no cuDNN autotuning (default: cudnn.benchmark on, as the original)")
+    speed.add_argument("--debug-dump-ranks", type=str, default=None, help=argparse.SUPPRESS)  # testing hook
     return parser
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    """Raise ``ValueError`` naming the flag for values the run cannot use (before any work)."""
+    """Fill the per-setting defaults (:func:`apply_setting_defaults`), then raise ``ValueError`` naming the flag for
+    values the run cannot use (before any work)."""
+    apply_setting_defaults(args)
+    city = getattr(args, "city", None)
+    if args.target == "crosscity" and city is None:
+        raise ValueError(f"--target crosscity needs --city ({', '.join(CITIES)})")
+    if args.target != "crosscity" and city is not None:
+        raise ValueError(f"--city {city} applies to --target crosscity only (--target is {args.target})")
+    if getattr(args, "source", "gta5") == args.target == "cityscapes":
+        logger.warning("--source cityscapes --target cityscapes: adapting Cityscapes to itself")
     for flag in ("batch_size", "iter_size", "num_steps", "num_steps_stop", "save_pred_every", "log_every",
                  "num_classes"):
         if getattr(args, flag) < 1:
@@ -294,6 +386,15 @@ class TrainingSetup:
     autocast: Any = field(default=contextlib.nullcontext)
     backward: Any = field(default=lambda loss: loss.backward())
     step_optimizer: Any = field(default=lambda opt: opt.step())
+    #: called once per iteration after the optimizer steps (e.g. ``GradScaler.update``)
+    end_step: Any = field(default=lambda: None)
+    #: the stacked losses [6] -> the values to log and check (distributed: the mean over the ranks, so that every
+    #: rank takes the same decision on a non-finite loss)
+    reduce_losses: Any = field(default=lambda losses: losses)
+    #: memory format of the input batches (``torch.channels_last`` with ``--channels-last``)
+    memory_format: torch.memory_format = torch.preserve_format
+    #: the float16 gradient scaler (``--amp`` with float16 only), saved in the resume file
+    scaler: Any = None
 
 
 def _drop_classifier_keys(state_dict: dict[str, torch.Tensor], model_name: str) -> dict[str, torch.Tensor]:
@@ -399,7 +500,7 @@ def build_training(args: argparse.Namespace, device: torch.device) -> TrainingSe
     """Networks, optimizers and losses for :func:`train_step` (weights restored unless resuming)."""
     model, model_D1, model_D2 = build_networks(args, device)
     optimizer, optimizer_D1, optimizer_D2 = build_optimizers(args, model, model_D1, model_D2)
-    return TrainingSetup(
+    setup = TrainingSetup(
         model=model, model_D1=model_D1, model_D2=model_D2,
         optimizer=optimizer, optimizer_D1=optimizer_D1, optimizer_D2=optimizer_D2,
         seg_loss=CrossEntropy2d(ignore_label=args.ignore_label), adv_loss=AdversarialLoss(args.gan),
@@ -409,28 +510,134 @@ def build_training(args: argparse.Namespace, device: torch.device) -> TrainingSe
         learning_rate_D=args.learning_rate_D, num_steps=args.num_steps, power=args.power,
         use_aux=not is_single_level(args),
     )
+    configure_speed(setup, args)
+    return setup
+
+
+# ---- speed: mixed precision, channels-last, DistributedDataParallel --------------------------------------------------
+
+
+class Float32Loss(nn.Module):
+    """``loss(x.float(), *rest)``: the adversarial loss on the discriminator's float16/bfloat16 logits, computed in
+    float32 (``--amp``). BCE-with-logits and MSE are on autocast's float32 lists on CUDA; this makes it explicit and
+    the same on every device. The wrapped loss is ``.loss``."""
+
+    def __init__(self, loss: nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, x: torch.Tensor, *rest: Any) -> torch.Tensor:
+        return self.loss(x.float(), *rest)
+
+
+def configure_speed(setup: TrainingSetup, args: argparse.Namespace) -> None:
+    """Apply ``--channels-last`` and ``--amp`` to ``setup`` (no-ops by default, which keeps the faithful float32
+    step bit for bit).
+
+    ``--amp``: the forward passes (segmentation network, discriminators) run under ``torch.autocast`` in bfloat16
+    (or float16, see :func:`utils.runtime.resolve_amp_dtype`). What stays float32: the parameters, gradients and the
+    optimizers' arithmetic (autocast only casts copies of the weights for each op); the segmentation logits, which
+    :func:`train_step` upcasts before upsampling them, so the cross-entropy, the softmax fed to the discriminators
+    and the adversarial losses (:class:`Float32Loss`) are float32. float16 only: one ``torch.amp.GradScaler`` shared
+    by the three optimizers (each backward scaled, each optimizer stepped through ``scaler.step`` -- unscale, skip on
+    inf/NaN --, ``scaler.update()`` once per iteration); bfloat16 has float32's exponent range and needs none.
+    """
+    if args.channels_last:
+        for net in (setup.model, setup.model_D1, setup.model_D2):
+            unwrap(net).to(memory_format=torch.channels_last)  # in place: the optimizers keep their parameters
+        setup.memory_format = torch.channels_last
+    if not args.amp:
+        if args.amp_dtype != "auto":
+            logger.warning("--amp-dtype %s has no effect without --amp (training in float32)", args.amp_dtype)
+        return
+    dtype = resolve_amp_dtype(setup.device, args.amp_dtype)
+    setup.autocast = functools.partial(torch.autocast, device_type=setup.device.type, dtype=dtype)
+    setup.adv_loss = Float32Loss(setup.adv_loss)
+    if dtype == torch.float16:
+        scaler = torch.amp.GradScaler(setup.device.type)
+        setup.scaler = scaler
+        setup.backward = lambda loss: scaler.scale(loss).backward()
+        setup.step_optimizer = scaler.step
+        setup.end_step = scaler.update
+    logger.info("--amp: autocast to %s%s", str(dtype).replace("torch.", ""),
+                " with a gradient scaler" if setup.scaler is not None else "")
+
+
+def wrap_distributed(setup: TrainingSetup) -> None:
+    """Multi-process training (``torchrun``): the segmentation network in ``DistributedDataParallel``; the
+    discriminators' gradients averaged by hand before their optimizer steps; the logged losses averaged.
+
+    Why not DDP for the discriminators: each iteration uses them frozen (``requires_grad=False``) inside the
+    generator's adversarial backward and only then trains them, and D1 is never used in the single-level setting;
+    DDP expects every forward it runs to be followed by a backward reaching all of its parameters. One flattened
+    all-reduce of their (small: 2.8M parameters each) gradients before the steps is simpler and exactly DDP's
+    averaging. The segmentation network's two forward/backward pairs per sub-step (source, then target) each
+    all-reduce through DDP: the second averages ``g_source_mean + g_target_local``, i.e. ``g_source_mean +
+    g_target_mean`` (the same on every rank). ``find_unused_parameters`` because the classifiers' last two branches
+    never act (the original's quirk) and layer5 is unused in the single-level setting; DDP leaves such parameters'
+    gradients ``None``, so the faithful SGD skips them (no weight decay) exactly as in one process. BatchNorm stays
+    per-rank (batch statistics of each rank's own images, like the original's batch of 1); its running statistics
+    are rank 0's (DDP broadcasts buffers at each forward). Weights start equal: DDP broadcasts rank 0's network and
+    the discriminators are broadcast here.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    if get_world_size() == 1:
+        return
+    device_ids = [setup.device.index] if setup.device.type == "cuda" else None
+    setup.model = DistributedDataParallel(setup.model, device_ids=device_ids, find_unused_parameters=True)
+    for net in (setup.model_D1, setup.model_D2):
+        broadcast_module_(net)
+    by_hand = {id(setup.optimizer_D1): setup.model_D1, id(setup.optimizer_D2): setup.model_D2}
+    inner_step = setup.step_optimizer
+
+    def step_optimizer(opt) -> None:
+        net = by_hand.get(id(opt))
+        if net is not None:
+            all_reduce_gradients_(net.parameters())
+        inner_step(opt)
+
+    setup.step_optimizer = step_optimizer
+    setup.reduce_losses = all_reduce_mean_
 
 
 def build_datasets(args: argparse.Namespace):
-    """GTA5 and Cityscapes training sets as the original built them (their checks raise ``DatasetError``)."""
-    max_iters = args.num_steps * args.iter_size * args.batch_size
-    source = GTA5DataSet(args.data_dir, args.data_list, max_iters=max_iters, crop_size=args.input_size,
-                         scale=args.random_scale, mirror=args.random_mirror, mean=IMG_MEAN,
-                         ignore_label=args.ignore_label, seed=args.random_seed)
-    target = cityscapesDataSet(args.data_dir_target, args.data_list_target, max_iters=max_iters,
-                               crop_size=args.input_size_target, scale=False, mirror=args.random_mirror,
-                               mean=IMG_MEAN, set=args.set, seed=args.random_seed)
+    """The source and target training sets of ``--source`` / ``--target`` (``dataset/settings.py``), built as the
+    original built GTA5 and Cityscapes (their checks raise ``DatasetError``). Every source loader gives GTA5's
+    items (image, trainId label, size, name); every target loader cityscapesDataSet's (image, size, name)."""
+    max_iters = args.num_steps * args.iter_size * args.batch_size * get_world_size()  # samples of all ranks
+    source_cls = SOURCES[getattr(args, "source", "gta5")].dataset  # GTA5DataSet by default
+    source = source_cls(args.data_dir, args.data_list, max_iters=max_iters, crop_size=args.input_size,
+                        scale=args.random_scale, mirror=args.random_mirror, mean=IMG_MEAN,
+                        ignore_label=args.ignore_label, seed=args.random_seed)
+    if args.target == "crosscity":
+        target = TARGETS["crosscity"].dataset(args.data_dir_target, args.city, args.data_list_target,
+                                              max_iters=max_iters, crop_size=args.input_size_target, scale=False,
+                                              mirror=args.random_mirror, mean=IMG_MEAN, set=args.set,
+                                              seed=args.random_seed)
+    else:
+        target = cityscapesDataSet(args.data_dir_target, args.data_list_target, max_iters=max_iters,
+                                   crop_size=args.input_size_target, scale=False, mirror=args.random_mirror,
+                                   mean=IMG_MEAN, set=args.set, seed=args.random_seed)
     return source, target
 
 
 def build_loader(dataset, args: argparse.Namespace, device: torch.device, start: int, salt: int):
-    """A DataLoader over ``dataset`` in the seeded, resumable order, from global sample position ``start``."""
+    """A DataLoader over ``dataset`` in the seeded, resumable order, from global sample position ``start``.
+
+    Distributed: each rank reads its own share of the global order (:class:`~utils.sampling.ResumableSampler`).
+    Keeping the GPU fed: ``--num-workers`` processes per domain (the original's 4), each keeping
+    ``PREFETCH_FACTOR`` batches ready; pinned host memory on CUDA (the copies to the device are asynchronous);
+    persistent workers (the order never ends, so they are started once anyway).
+    """
     sampler = ResumableSampler(len(dataset), seed=args.random_seed, start=start, rank=get_rank(),
                                num_replicas=get_world_size(), salt=salt)
+    workers = args.num_workers > 0
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals_in_worker,
         generator=torch.Generator().manual_seed(args.random_seed),
+        persistent_workers=workers, prefetch_factor=PREFETCH_FACTOR if workers else None,
     )
     return loader, sampler
 
@@ -466,11 +673,19 @@ def set_learning_rates(setup: TrainingSetup, i_iter: int) -> None:
     adjust_learning_rate(setup.optimizer_D2, lr_d)
 
 
+def _fp32(x: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits (``--amp``) -> float32; a float32 tensor is returned as it is (the default path is
+    untouched)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _split_outputs(out) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """``(aux, main)`` from DeeplabMulti's pair; ``(None, out)`` for a single-output model."""
+    """``(aux, main)`` from DeeplabMulti's pair; ``(None, out)`` for a single-output model. Under ``--amp`` the
+    logits are upcast to float32 here: upsampling, cross-entropy and the softmax fed to the discriminators run in
+    float32 (the 1/8-resolution logits are the only rounded values)."""
     if isinstance(out, (tuple, list)):
-        return out[0], out[-1]
-    return None, out
+        return _fp32(out[0]), _fp32(out[-1])
+    return None, _fp32(out)
 
 
 def _upsample(x: torch.Tensor, size_wh: tuple[int, int]) -> torch.Tensor:
@@ -494,6 +709,11 @@ def train_step(setup: TrainingSetup, source_batches: Iterator, target_batches: I
     i.e. already divided by ``iter_size`` and by 2, summed over source and target). Raises
     :class:`NonFiniteLossError` before any optimizer step if one of them is not finite. ``visuals``: when a dict
     is given, it receives the last sub-step's inputs and argmax predictions (CPU) for TensorBoard.
+
+    Speed hooks (:func:`configure_speed`, :func:`wrap_distributed`; identity by default): ``autocast`` around the
+    forward passes and losses, ``backward``/``step_optimizer``/``end_step`` (gradient scaler, gradient averaging of
+    the discriminators), ``reduce_losses`` (distributed: the returned losses are the means over the ranks) and the
+    inputs' ``memory_format``.
     """
     s = setup
     discriminators = (s.model_D1, s.model_D2) if s.use_aux else (s.model_D2,)
@@ -508,7 +728,7 @@ def train_step(setup: TrainingSetup, source_batches: Iterator, target_batches: I
         #    generator's backward passes do not accumulate gradients in them).
         _set_requires_grad(discriminators, False)
         images, labels = next(source_batches)
-        images = images.to(s.device, non_blocking=True)
+        images = images.to(s.device, non_blocking=True, memory_format=s.memory_format)
         labels = labels.to(s.device, non_blocking=True).long()
         with s.autocast():
             aux, main = _split_outputs(s.model(images))
@@ -525,7 +745,7 @@ def train_step(setup: TrainingSetup, source_batches: Iterator, target_batches: I
 
         # 2. Adversarial on the target: make the target outputs look like source ones to the (frozen)
         #    discriminators, i.e. their loss against the *source* label.
-        images_t = next(target_batches).to(s.device, non_blocking=True)
+        images_t = next(target_batches).to(s.device, non_blocking=True, memory_format=s.memory_format)
         with s.autocast():
             aux_t, main_t = _split_outputs(s.model(images_t))
             pred_target2 = _upsample(main_t, s.input_size_target)
@@ -570,7 +790,7 @@ def train_step(setup: TrainingSetup, source_batches: Iterator, target_batches: I
         visuals.update(source_image=images.detach().cpu(), source_label=labels.detach().cpu(),
                        source_pred=pred2.argmax(dim=1).cpu(), target_image=images_t.detach().cpu(),
                        target_pred=pred_target2.argmax(dim=1).cpu())
-    values = torch.stack([totals[name] for name in LOSS_NAMES]).tolist()  # one device sync per iteration
+    values = s.reduce_losses(torch.stack([totals[name] for name in LOSS_NAMES])).tolist()  # one sync per iteration
     losses = dict(zip(LOSS_NAMES, values))
     for name, value in losses.items():
         if not math.isfinite(value):
@@ -579,6 +799,7 @@ def train_step(setup: TrainingSetup, source_batches: Iterator, target_batches: I
     if s.use_aux:
         s.step_optimizer(s.optimizer_D1)
     s.step_optimizer(s.optimizer_D2)
+    s.end_step()
     return losses
 
 
@@ -662,7 +883,7 @@ _RESUME_SENSITIVE = ("model", "num_classes", "resnet_layers", "all_branches", "f
                      "iter_size", "learning_rate", "learning_rate_D", "momentum", "weight_decay", "num_steps",
                      "power", "lambda_seg", "lambda_adv_target1", "lambda_adv_target2", "gan", "random_seed",
                      "input_size", "input_size_target", "random_mirror", "random_scale", "data_list",
-                     "data_list_target", "modern_optim", "ignore_label")
+                     "data_list_target", "modern_optim", "ignore_label", "amp", "amp_dtype")
 
 
 def load_resume_into(setup: TrainingSetup, state: dict, args: argparse.Namespace, path: Path) -> int:
@@ -673,6 +894,10 @@ def load_resume_into(setup: TrainingSetup, state: dict, args: argparse.Namespace
         if key in saved_args and saved_args[key] != current.get(key):
             logger.warning("--resume %s: --%s was %r, now %r: the run will differ from an uninterrupted one",
                            path, key.replace("_", "-"), saved_args[key], current.get(key))
+    if saved_args.get("world_size", 1) != get_world_size():
+        logger.warning("--resume %s: saved by a run of %s process(es), now %d: the data order continues, but the "
+                       "effective batch (processes x --batch-size x --iter-size) changes", path,
+                       saved_args.get("world_size", 1), get_world_size())
     classes = [type(o).__name__ for o in (setup.optimizer, setup.optimizer_D1, setup.optimizer_D2)]
     if state.get("optimizer_class") != classes:
         raise ValueError(f"--resume {path}: saved with optimizers {state.get('optimizer_class')}, this run uses "
@@ -683,6 +908,12 @@ def load_resume_into(setup: TrainingSetup, state: dict, args: argparse.Namespace
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.optimizer_D1.load_state_dict(state["optimizer_D1"])
     setup.optimizer_D2.load_state_dict(state["optimizer_D2"])
+    if setup.scaler is not None:
+        if "scaler" in state:
+            setup.scaler.load_state_dict(state["scaler"])
+        else:
+            logger.info("--resume %s: no gradient scaler state in it (saved without float16 --amp); starting with "
+                        "a fresh scale", path)
     restore_rng_state(state["rng"])
     return int(state["next_iter"])
 
@@ -693,7 +924,8 @@ def load_resume_into(setup: TrainingSetup, state: dict, args: argparse.Namespace
 def remove_stale_temporaries(snapshot_dir: Path) -> None:
     """Delete temporary files a killed run left behind (``.GTA5_*.pth.*.tmp`` etc. from the atomic writes); the
     snapshots themselves are always complete."""
-    for pattern in (".GTA5_*.pth.*.tmp", f".{DEFAULT_RESUME_NAME}.*.tmp", ".args.json.*.tmp"):
+    snapshots = tuple(f".{s.snapshot_prefix}_*.pth.*.tmp" for s in SOURCES.values())  # .GTA5_*, .SYNTHIA_*, ...
+    for pattern in (*snapshots, f".{DEFAULT_RESUME_NAME}.*.tmp", ".args.json.*.tmp"):
         for tmp in snapshot_dir.glob(pattern):
             logger.info("removing %s (left by an interrupted write)", tmp)
             tmp.unlink(missing_ok=True)
@@ -705,9 +937,31 @@ def _error(message: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the training; returns the exit status (0 done, 1 error, 128+signal when stopped by a signal)."""
+    """Run the training; returns the exit status (0 done, 1 error, 128+signal when stopped by a signal).
+
+    Under ``torchrun`` every rank runs this: it joins the process group first (NCCL on CUDA, gloo on the CPU; one
+    GPU per rank, ``LOCAL_RANK``) and leaves it at the end; only rank 0 logs at INFO level and writes files.
+    """
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        level = logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        device = select_device(args.cpu, args.gpu)
+        configure_backends(device, args.deterministic)
+        init_distributed(device)
+    except (ValueError, RuntimeError) as exc:
+        return _error(str(exc))
+    rc = 1
+    try:
+        rc = run_training(args, device)
+    finally:
+        cleanup_distributed(barrier=rc != 1)  # after an error another rank may not reach the barrier
+    return rc
+
+
+def run_training(args: argparse.Namespace, device: torch.device) -> int:
+    """:func:`main` after the device and process-group set-up."""
+    args.world_size = get_world_size()  # recorded in args.json and the training state (a resume compares it)
     try:
         validate_args(args)
         snapshot_dir = check_writable_dir(args.snapshot_dir, "--snapshot-dir")
@@ -725,15 +979,13 @@ def main(args: argparse.Namespace) -> int:
     args.resume_path = str(resume_path) if resume_path else None
     try:
         state = load_training_state(resume_path) if resume_path else None
-        device = select_device(args.cpu, args.gpu)
         source_set, target_set = build_datasets(args)  # data checks first: before any expensive setup
         seed_everything(args.random_seed)
         setup = build_training(args, device)
         start_iter = load_resume_into(setup, state, args, resume_path) if state else 0
     except (DatasetError, CheckpointMismatchError, FileNotFoundError, IsADirectoryError, ValueError, OSError) as exc:
         return _error(str(exc))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the original
+    wrap_distributed(setup)  # no-op in one process
 
     per_iter = args.iter_size * args.batch_size * get_world_size()
     positions = state["data_positions"] if state else {"source": 0, "target": 0}
@@ -770,7 +1022,8 @@ def main(args: argparse.Namespace) -> int:
             save_training_state(resume_file, next_iter=next_iter, model=setup.model, model_D1=setup.model_D1,
                                 model_D2=setup.model_D2, optimizer=setup.optimizer,
                                 optimizer_D1=setup.optimizer_D1, optimizer_D2=setup.optimizer_D2,
-                                data_positions=done, args=args_to_json(args))
+                                data_positions=done, args=args_to_json(args),
+                                extra={"scaler": setup.scaler.state_dict()} if setup.scaler is not None else None)
 
     stop = StopRequest().install()
     bar = _progress(end_iter, start_iter)
@@ -778,8 +1031,8 @@ def main(args: argparse.Namespace) -> int:
     visuals: dict = {}
     try:
         for i_iter in range(start_iter, args.num_steps):
-            if args.debug_signal_at == i_iter:  # testing hook: a signal arriving mid-iteration
-                os.kill(os.getpid(), signal.SIGTERM)
+            if args.debug_signal_at == i_iter and get_rank() == get_world_size() - 1:
+                os.kill(os.getpid(), signal.SIGTERM)  # testing hook: a signal mid-iteration (to the last rank only)
             snapshot_now = i_iter >= args.num_steps_stop - 1 or (i_iter % args.save_pred_every == 0 and i_iter != 0)
             want_visuals = writer is not None and args.save_num_images > 0 and snapshot_now
             try:
@@ -802,7 +1055,8 @@ def main(args: argparse.Namespace) -> int:
             if i_iter >= args.num_steps_stop - 1:
                 if main_process:
                     emit("save model ...")
-                    save_snapshot(snapshot_dir, args.num_steps_stop, setup.model, setup.model_D1, setup.model_D2)
+                    save_snapshot(snapshot_dir, args.num_steps_stop, setup.model, setup.model_D1, setup.model_D2,
+                                  prefix=snapshot_prefix(args))
                     save_state(i_iter + 1)
                     if writer is not None and visuals:
                         log_images(writer, visuals, args.save_num_images, i_iter)
@@ -810,16 +1064,19 @@ def main(args: argparse.Namespace) -> int:
             if i_iter % args.save_pred_every == 0 and i_iter != 0:
                 if main_process:
                     emit("taking snapshot ...")
-                    save_snapshot(snapshot_dir, i_iter, setup.model, setup.model_D1, setup.model_D2)
+                    save_snapshot(snapshot_dir, i_iter, setup.model, setup.model_D1, setup.model_D2,
+                                  prefix=snapshot_prefix(args))
                     save_state(i_iter + 1)
                     if writer is not None and visuals:
                         log_images(writer, visuals, args.save_num_images, i_iter)
-            if stop.signum is not None:
+            signum = all_reduce_max_int(stop.signum or 0, device)  # a signal to any rank stops them all here
+            if signum:
                 save_state(i_iter + 1)
-                name = signal.Signals(stop.signum).name
-                print(f"{name}: saved the training state after iteration {i_iter} to {resume_file}; continue with "
-                      f"--resume {resume_file} (or --resume auto)", file=sys.stderr, flush=True)
-                return 128 + stop.signum
+                if main_process:
+                    print(f"{signal.Signals(signum).name}: saved the training state after iteration {i_iter} to "
+                          f"{resume_file}; continue with --resume {resume_file} (or --resume auto)",
+                          file=sys.stderr, flush=True)
+                return 128 + signum
     finally:
         stop.restore()
         if bar is not None:
@@ -828,6 +1085,11 @@ def main(args: argparse.Namespace) -> int:
             writer.close()
         source_batches.close()
         target_batches.close()
+    if args.debug_dump_ranks:  # testing hook: every rank's final weights, to compare them
+        dump = Path(args.debug_dump_ranks) / f"rank{get_rank()}.pth"
+        atomic_torch_save({f"{key}.{k}": v.detach().cpu() for key, net in
+                           (("model", setup.model), ("D1", setup.model_D1), ("D2", setup.model_D2))
+                           for k, v in unwrap(net).state_dict().items()}, dump)
     return 0
 
 

@@ -130,14 +130,14 @@ class cityscapesDataSet(data.Dataset):
                 labels = [cityscapes_label_path(self.root, set, n) for n in names]
                 check_files_exist(labels, f"Cityscapes labels (gtFine/{set}/*{LABEL_SUFFIX})", self.list_path)
         self.img_ids = repeat_names(names, max_iters)
-        self.files = [
+        self.files = repeat_names([
             {
                 "img": cityscapes_image_path(self.root, set, name),
                 "label": cityscapes_label_path(self.root, set, name) if self.return_label else None,
                 "name": name,
             }
-            for name in self.img_ids
-        ]
+            for name in names
+        ], max_iters)  # one dict per distinct name, repeated like the names
         self._table = train_id_table(ignore_label, np.uint8) if self.return_label else None
         logger.info("Cityscapes %s: %d names from %s (%d items)", set, len(names), self.list_path, len(self.files))
 

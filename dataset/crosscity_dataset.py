@@ -174,14 +174,14 @@ class CrossCityDataSet(data.Dataset):
                 check_files_exist(labels, f"Cross-City labels ({city}/Labels/{SETS[set]}/*{LABEL_SUFFIX})",
                                   source)
         self.img_ids = repeat_names(names, max_iters)
-        self.files = [
+        self.files = repeat_names([
             {
                 "img": image_dir / name,
                 "label": crosscity_label_path(self.root, city, set, name) if self.return_label else None,
                 "name": name,
             }
-            for name in self.img_ids
-        ]
+            for name in names
+        ], max_iters)  # one dict per distinct name, repeated like the names
         self._table = train_id_table(ignore_label, np.uint8) if self.return_label else None
         logger.info("Cross-City %s %s: %d names from %s (%d items)", city, set, len(names), source, len(self.files))
 

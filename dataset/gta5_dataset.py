@@ -248,11 +248,13 @@ class GTA5DataSet(data.Dataset):
             files = [p for n in names for p in gta5_paths(self.root, n)]
             check_files_exist(files, "GTA5 images/labels", self.list_path)
         self.img_ids = repeat_names(names, max_iters)
-        self.files = [
+        # One dict per distinct name, repeated like the names: the default schedule
+        # repeats the list to 250,000 items, and building a Path pair for each cost seconds.
+        self.files = repeat_names([
             {"img": img, "label": lab, "name": name}
-            for name in self.img_ids
+            for name in names
             for img, lab in [gta5_paths(self.root, name)]
-        ]
+        ], max_iters)
         self._table = train_id_table(ignore_label, np.float32)
         logger.info("GTA5: %d names from %s (%d items)", len(names), self.list_path, len(self.files))
 

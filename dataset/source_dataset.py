@@ -121,9 +121,9 @@ class LabelledSourceDataSet(data.Dataset):
             files = [p for n in names for p in (self.image_path(n), self.label_path(n))]
             check_files_exist(files, f"{self.dataset_name} images/labels", source)
         self.img_ids = repeat_names(names, max_iters)
-        self.files = [
-            {"img": self.image_path(name), "label": self.label_path(name), "name": name} for name in self.img_ids
-        ]
+        self.files = repeat_names([  # one dict per distinct name, repeated like the names
+            {"img": self.image_path(name), "label": self.label_path(name), "name": name} for name in names
+        ], max_iters)
         self.label_table = self.make_label_table(ignore_label)
         logger.info("%s: %d names from %s (%d items)", self.dataset_name, len(names), source, len(self.files))
 

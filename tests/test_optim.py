@@ -224,3 +224,104 @@ def test_lr_poly_values_and_group_scaling():
     single = Adam04([p], lr=1.0)
     adjust_learning_rate(single, 0.5)
     assert [g["lr"] for g in single.param_groups] == [0.5]
+
+
+# ---- the reordered implementations (foreach rounds, per parameter) against the one-listing-at-a-time loop ----------
+
+
+def test_listing_rounds():
+    assert FaithfulSGD.listing_rounds([0, 1, 0, 2, 0, 2]) == [[0, 1, 2], [0, 2], [0]]
+    assert FaithfulSGD.listing_rounds([3, 3, 3]) == [[3], [3], [3]]
+    assert FaithfulSGD.listing_rounds([]) == []
+    with pytest.raises(ValueError, match="invalid impl"):
+        FaithfulSGD([torch.zeros(1, requires_grad=True)], lr=0.1, impl="fused")
+
+
+@pytest.mark.parametrize("impl", ["foreach", "per_param", "auto"])
+@pytest.mark.parametrize("momentum, dampening, nesterov, wd", [(0.9, 0.0, False, 0.05), (0.9, 0.0, True, 5e-4),
+                                                                (0.5, 0.3, False, 0.0), (0.0, 0.0, False, 0.05)])
+def test_reordered_impls_equal_listing_loop_bitwise_small(impl, momentum, dampening, nesterov, wd):
+    params = _make_params()
+    twin = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+
+    def build(ps, impl):
+        groups = [{"params": [ps[n] for n in LISTING[0]], "lr": 0.01},
+                  {"params": [ps[n] for n in LISTING[1]], "lr": 0.1}]
+        return FaithfulSGD(groups, lr=0.01, momentum=momentum, dampening=dampening, weight_decay=wd,
+                           nesterov=nesterov, impl=impl)
+
+    _run_optimizer(build(params, impl), params, steps=3)
+    _run_optimizer(build(twin, "listing"), twin, steps=3)
+    for k in params:
+        assert torch.equal(params[k].detach(), twin[k].detach()), k
+        if params[k].grad is not None:
+            assert torch.equal(params[k].grad, twin[k].grad), k  # the decay accumulated in the gradient too
+
+
+def test_reordered_impls_equal_listing_loop_bitwise_on_deeplab_multi():
+    """The real listing (ResNet blocks 1,1,1,1: convs listed 3-4 times, unused classifier branches without
+    gradients), real gradients, 2 steps with momentum and weight decay: parameters, gradients (with their
+    accumulated decay) and momentum buffers bitwise equal for every implementation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is as fast and does not spin against other work
+    try:
+        _deeplab_impls_vs_loop()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _deeplab_impls_vs_loop():
+    from model import DeeplabMulti
+
+    impls = ("listing", "foreach", "per_param")
+    torch.manual_seed(0)
+    nets = [DeeplabMulti(19, layers=(1, 1, 1, 1)) for _ in impls]
+    for net in nets[1:]:
+        net.load_state_dict(nets[0].state_dict())
+    opts = [FaithfulSGD(net.optim_parameters(1e-2), lr=1e-2, momentum=0.9, weight_decay=5e-4, impl=impl)
+            for net, impl in zip(nets, impls)]
+    assert len(opts[0].param_groups[0]["listing"]) > len(opts[0].param_groups[0]["params"])  # duplicates
+    g = torch.Generator().manual_seed(1)
+    for step in range(2):
+        x = torch.randn(1, 3, 33, 41, generator=g) * 50
+        for net, opt in zip(nets, opts):
+            opt.zero_grad()
+            aux, main = net(x)
+            (main.square().mean() + 0.1 * aux.square().mean() + (step + 1) * main.mean()).backward()
+            opt.step()
+    named = [dict(net.named_parameters()) for net in nets]
+    assert named[0]["layer6.conv2d_list.2.weight"].grad is None  # the unused branch never got a gradient
+    for other, opt in zip(named[1:], opts[1:]):
+        for k, p in named[0].items():
+            q = other[k]
+            assert torch.equal(p.detach(), q.detach()), (opt.impl, k)
+            assert (p.grad is None) == (q.grad is None), k
+            if p.grad is not None:
+                assert torch.equal(p.grad, q.grad), (opt.impl, k)
+                assert torch.equal(opts[0].state[p]["momentum_buffer"], opt.state[q]["momentum_buffer"]), k
+
+
+def test_lazy_zero_grad_decays_like_in_place_zeroing():
+    """zero_grad() releases the gradients; a parameter that had one and gets none before step() is decayed as with
+    0.4's in-place zeros; one that gets a new gradient uses it; set_to_none=True means no gradient, no decay."""
+    def run(mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        a = torch.tensor([1.0, -2.0], requires_grad=True)
+        b = torch.tensor([3.0], requires_grad=True)
+        opt = FaithfulSGD([{"params": [a, b, a]}], lr=0.1, momentum=0.9, weight_decay=0.5)
+        a.grad, b.grad = torch.tensor([0.5, 0.25]), torch.tensor([1.0])
+        opt.step()
+        if mode == "reference":  # 0.4: zeroed in place, then only b gets a gradient
+            a.grad.zero_()
+            b.grad.zero_()
+        else:
+            opt.zero_grad(set_to_none=(mode == "none"))
+            assert a.grad is None and b.grad is None
+        b.grad = (b.grad if b.grad is not None else 0) + torch.tensor([2.0])
+        opt.step()
+        return a.detach().clone(), b.detach().clone()
+
+    ref_a, ref_b = run("reference")
+    lazy_a, lazy_b = run("lazy")
+    assert torch.equal(lazy_a, ref_a) and torch.equal(lazy_b, ref_b)
+    none_a, none_b = run("none")
+    assert torch.equal(none_b, ref_b) and not torch.equal(none_a, ref_a)  # without a gradient a stays put

@@ -37,7 +37,9 @@ SCRIPTS = ["train_gta2cityscapes_multi.py", "evaluate_cityscapes.py", "compute_i
 
 #: Flags of other programs that the README mentions (pip, pytest, TensorBoard). A flag of our scripts never
 #: belongs here: add it to the script, or remove it from the README.
-EXTERNAL_FLAGS = {"--index-url", "--durations", "--logdir"}
+EXTERNAL_FLAGS = {"--index-url", "--durations", "--logdir",
+                  # torchrun's own flags (the Speed and multi-GPU section)
+                  "--standalone", "--nproc-per-node", "--nnodes", "--rdzv-"}
 
 #: `python -m MODULE` commands the README may show.
 MODULES = {"pytest", "venv", "pip"}

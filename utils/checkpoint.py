@@ -36,10 +36,11 @@ def unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
-def snapshot_paths(snapshot_dir: str | Path, tag: int | str) -> tuple[Path, Path, Path]:
-    """``(GTA5_<tag>.pth, GTA5_<tag>_D1.pth, GTA5_<tag>_D2.pth)`` in ``snapshot_dir`` (the original's names)."""
+def snapshot_paths(snapshot_dir: str | Path, tag: int | str, prefix: str = "GTA5") -> tuple[Path, Path, Path]:
+    """``(GTA5_<tag>.pth, GTA5_<tag>_D1.pth, GTA5_<tag>_D2.pth)`` in ``snapshot_dir`` (the original's names);
+    ``prefix`` names the source of other settings (``SYNTHIA_<tag>.pth``, ...)."""
     d = Path(snapshot_dir)
-    return d / f"GTA5_{tag}.pth", d / f"GTA5_{tag}_D1.pth", d / f"GTA5_{tag}_D2.pth"
+    return d / f"{prefix}_{tag}.pth", d / f"{prefix}_{tag}_D1.pth", d / f"{prefix}_{tag}_D2.pth"
 
 
 def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -47,9 +48,10 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_snapshot(snapshot_dir: str | Path, tag: int | str, model: nn.Module, model_D1: nn.Module,
-                  model_D2: nn.Module) -> tuple[Path, Path, Path]:
-    """Write the three plain state_dicts (unwrapped, on the CPU) as ``GTA5_<tag>[_D1|_D2].pth``, atomically."""
-    paths = snapshot_paths(snapshot_dir, tag)
+                  model_D2: nn.Module, prefix: str = "GTA5") -> tuple[Path, Path, Path]:
+    """Write the three plain state_dicts (unwrapped, on the CPU) as ``<prefix>_<tag>[_D1|_D2].pth`` (default
+    ``GTA5_<tag>...``), atomically."""
+    paths = snapshot_paths(snapshot_dir, tag, prefix)
     for net, path in zip((model, model_D1, model_D2), paths):
         atomic_torch_save(_cpu_state_dict(net), path)
     return paths

@@ -52,6 +52,16 @@ def init_distributed(device: torch.device) -> bool:
     return True
 
 
+def cleanup_distributed(barrier: bool = True) -> None:
+    """Leave the process group (no-op when not distributed), after waiting for every rank with ``barrier`` (so
+    that rank 0 has finished writing before any rank exits; skip it after an error that other ranks may not
+    share, or the survivors would wait for ever)."""
+    if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def get_rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
@@ -109,3 +119,92 @@ def check_writable_dir(path: str | Path, flag: str) -> Path:
     except OSError as exc:
         raise ValueError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
     return path
+
+
+# ---- speed switches --------------------------------------------------------------------------------------------------
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_amp_dtype(device: torch.device, requested: str = "auto") -> torch.dtype:
+    """The autocast dtype for ``--amp`` on ``device``.
+
+    ``"auto"``: bfloat16 on the CPU and on CUDA devices that support it (Ampere and later: no gradient scaling
+    needed, fp32's exponent range), else float16 (e.g. V100, T4: needs a ``GradScaler``). ``"bfloat16"`` /
+    ``"float16"`` force one; bfloat16 on a CUDA device without it raises ``ValueError`` naming ``--amp-dtype``.
+    """
+    if requested == "auto":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float16
+        return torch.bfloat16
+    if requested not in AMP_DTYPES:
+        raise ValueError(f"--amp-dtype {requested}: expected auto, {', '.join(AMP_DTYPES)}")
+    if requested == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--amp-dtype bfloat16: {torch.cuda.get_device_name(device)} does not support bfloat16; "
+                         "use --amp-dtype float16 (or auto)")
+    return AMP_DTYPES[requested]
+
+
+def configure_backends(device: torch.device, deterministic: bool = False) -> None:
+    """cuDNN autotuning on CUDA (``cudnn.benchmark``, as the original set it), or with ``deterministic``: cuDNN's
+    deterministic algorithms, no autotuning, and ``torch.use_deterministic_algorithms(True, warn_only=True)`` (ops
+    without a deterministic implementation, e.g. CUDA's bilinear upsampling backward, warn instead of failing).
+
+    Process-wide settings: call once, before the first CUDA op (cuBLAS reads ``CUBLAS_WORKSPACE_CONFIG`` then).
+    """
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into every rank's ``module`` (no-op when not distributed)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            dist.broadcast(t.data, src=src)
+
+
+def all_reduce_gradients_(params, world_size: int | None = None) -> None:
+    """Average ``p.grad`` over the ranks in place for every ``p`` in ``params`` that has one (one flattened
+    all-reduce per dtype/device; no-op when not distributed). Every rank must pass parameters with gradients in the
+    same pattern, as DDP would."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    world = world_size or dist.get_world_size()
+    grads = [p.grad for p in params if p.grad is not None]
+    by_kind: dict[tuple, list[torch.Tensor]] = {}
+    for g in grads:
+        by_kind.setdefault((g.dtype, g.device), []).append(g)
+    for group in by_kind.values():
+        flat = torch.cat([g.reshape(-1) for g in group])
+        dist.all_reduce(flat)
+        flat.div_(world)
+        offset = 0
+        for g in group:
+            n = g.numel()
+            g.copy_(flat[offset:offset + n].view_as(g))
+            offset += n
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` averaged over the ranks, in place (returned as is when not distributed)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor)
+        tensor.div_(dist.get_world_size())
+    return tensor
+
+
+def all_reduce_max_int(value: int, device: torch.device) -> int:
+    """The largest ``value`` over the ranks (``value`` itself when not distributed): e.g. a stop request that
+    reached one rank only, so that every rank stops at the same iteration."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return int(value)
+    t = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

@@ -1,0 +1,705 @@
+"""Benchmark: the training iteration of train_gta2cityscapes_multi.py (fp32 / --amp / --amp --channels-last) against a
+straightforward port of the original loop, plus the faithful SGD step (listing loop vs foreach rounds).
+
+Each variant trains ``--iters`` timed iterations (after ``--warmup``) on generated data in the real folder layouts
+(``tools/make_synthetic_data.py``), through the script's own data pipeline and its real ``train_step`` (the script
+is imported as a module). Reported per variant:
+
+* seconds per iteration (the median of the timed iterations of the best of ``--rounds`` rounds, in which the
+  variants take turns in a rotating order; every time is in the JSON), iterations/s and images/s (source and target
+  images together: ``2 * batch * iter_size`` per iteration);
+* peak memory, each variant running in its own fresh process: CUDA: ``torch.cuda.max_memory_allocated`` (weights,
+  optimizer state, activations); CPU: the process's peak RSS minus its RSS before the variant was built;
+* the share of the time spent waiting for the next batch (``next()`` on the data iterators);
+* FLOPs per iteration counted with ``torch.utils.flop_counter.FlopCounterMode`` on the real ``train_step`` run on
+  meta tensors (forward and backward of the segmentation network on both domains and of the discriminators; shapes
+  only, nothing computed), achieved TFLOP/s, and % of the card's dense bf16 peak (:data:`BF16_PEAK_TFLOPS`); the
+  FLOP count at the paper's sizes (1280x720 + 1024x512, batch 1) is printed too.
+
+The baseline ``original port`` (:func:`original_port_iteration`) is the original loop as it was written, in today's
+idioms: ``torch.optim.SGD`` on the duplicate listing, ``torch.optim.Adam``, ``nn.Upsample``,
+``nn.CrossEntropyLoss(ignore_index=255)``, ``.item()`` on every loss, ``DataLoader(shuffle=True)``; same model
+class, same data, same sizes, in the same run.
+
+CPU (defaults: the real ResNet-101 at 160x96 + 128x64, a few minutes on 2 cores)::
+
+    python bench/bench_train.py --json bench/results/train_cpu.json
+
+GPU (defaults: the paper's 1280x720 + 1024x512, batch 1, 4 loader workers per domain)::
+
+    python bench/bench_train.py --device cuda --json bench/results/train_cuda.json
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import train_gta2cityscapes_multi as train  # noqa: E402
+from tools.make_synthetic_data import make_synthetic_datasets  # noqa: E402
+from utils.optim import FaithfulSGD, adjust_learning_rate, lr_poly  # noqa: E402
+from utils.runtime import configure_backends, seed_everything  # noqa: E402
+
+#: Dense (no sparsity) bf16 tensor-core peak in TFLOP/s by device-name substring; first match wins.
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("GH200", 989.0),
+    ("H200", 989.0),  # same tensor cores as H100 SXM, more and faster memory
+    ("H100", 989.0),  # SXM ("NVIDIA H100 80GB HBM3")
+    ("H800", 989.0),
+    ("A100", 312.0),
+    ("A800", 312.0),
+    ("L40S", 362.0),
+    ("RTX 4090", 165.0),  # bf16 with fp32 accumulation
+    ("A10", 125.0),
+    ("L4", 121.0),
+)
+PAPER_SIZES = ((1280, 720), (1024, 512))
+VARIANTS = {  # name -> extra training flags
+    "original port": None,
+    "fp32": [],
+    "amp": ["--amp"],
+    "amp+channels-last": ["--amp", "--channels-last"],
+}
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    w, h = (int(v) for v in text.split(","))
+    return w, h
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--input-size", type=parse_size, default=None,
+                   help="W,H source crops (default: cpu 160,96; cuda the paper's 1280,720)")
+    p.add_argument("--input-size-target", type=parse_size, default=None,
+                   help="W,H target crops (default: cpu 128,64; cuda the paper's 1024,512)")
+    p.add_argument("--image-size", type=parse_size, default=None,
+                   help="W,H of the generated source files (default: cpu = --input-size; cuda GTA5's 1914,1052)")
+    p.add_argument("--image-size-target", type=parse_size, default=None,
+                   help="W,H of the generated target files (default: cpu = --input-size-target; cuda 2048,1024)")
+    p.add_argument("--resnet-layers", type=str, default="3,4,23,3", help="default: the real ResNet-101")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--iter-size", type=int, default=1)
+    p.add_argument("--variants", type=str, default=",".join(VARIANTS),
+                   help=f"comma-separated subset of: {', '.join(VARIANTS)}")
+    p.add_argument("--iters", type=int, default=None, help="timed iterations per round (default: cpu 3, cuda 20)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default: cpu 1, cuda 5)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="rounds over all variants, each variant in a fresh process, the order rotating; the best "
+                        "round's median counts (default: cpu 4, cuda 1)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers per domain (default: cpu 0 -- workers would take the cores the step "
+                        "uses; cuda 4, the script's default)")
+    p.add_argument("--num-images", type=int, default=8, help="generated images per domain")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--no-flops", action="store_true", help="skip the FLOP counts")
+    p.add_argument("--optimizer-repeats", type=int, default=None,
+                   help="timed faithful-SGD steps per implementation (default: cpu 5, cuda 20; 0 skips it)")
+    p.add_argument("--workdir", type=str, default=None, help="keep the generated data here (default: temp dir)")
+    p.add_argument("--json", type=str, default=None, help="write the results here")
+    return p
+
+
+def resolve_defaults(args: argparse.Namespace) -> argparse.Namespace:
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: CUDA is not available on this machine")
+    defaults = {
+        "input_size": PAPER_SIZES[0] if cuda else (160, 96),
+        "input_size_target": PAPER_SIZES[1] if cuda else (128, 64),
+        "iters": 20 if cuda else 3,
+        "warmup": 5 if cuda else 1,
+        "rounds": 1 if cuda else 4,
+        "num_workers": train.NUM_WORKERS if cuda else 0,
+        "optimizer_repeats": 20 if cuda else 5,
+    }
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.image_size is None:
+        args.image_size = (1914, 1052) if cuda else args.input_size
+    if args.image_size_target is None:
+        args.image_size_target = (2048, 1024) if cuda else args.input_size_target
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"--variants: unknown {sorted(unknown)}; choose from {list(VARIANTS)}")
+    return args
+
+
+# ---- machine and memory ----------------------------------------------------------------------------------------------
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} logical CPUs)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} logical CPUs)"
+
+
+def bf16_peak_tflops(name: str) -> float | None:
+    """The dense bf16 peak of a known card (by name), else ``None`` (CPUs and unknown cards)."""
+    for key, peak in BF16_PEAK_TFLOPS:
+        if key in name:
+            return peak
+    return None
+
+
+def _proc_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak memory of one variant, measured in its own fresh process. CUDA: ``torch.cuda.max_memory_allocated``
+    (weights, optimizer state, activations). CPU: the process's peak RSS (``VmHWM``; elsewhere ``ru_maxrss``) minus
+    its RSS before the variant was built (the same three, plus the allocator's retained blocks)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.rss0 = _proc_status_kb("VmRSS")
+        if self.rss0 is None:
+            import resource
+
+            self.rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def peak_gib(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        peak = _proc_status_kb("VmHWM")
+        if peak is None:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(0, peak - self.rss0) / 2**20
+
+
+# ---- data ------------------------------------------------------------------------------------------------------------
+
+
+class TimedIterator:
+    """Wraps a batch iterator and adds the time spent in ``next()`` (waiting for data) to ``self.wait``."""
+
+    def __init__(self, it: Iterator) -> None:
+        self.it = it
+        self.wait = 0.0
+
+    def __iter__(self) -> "TimedIterator":
+        return self
+
+    def __next__(self):
+        t0 = time.perf_counter()
+        item = next(self.it)
+        self.wait += time.perf_counter() - t0
+        return item
+
+    def close(self) -> None:
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
+
+
+def make_data(args: argparse.Namespace, out: Path):
+    return make_synthetic_datasets(out, num_source=args.num_images, num_target_train=args.num_images, num_val=1,
+                                   source_size=tuple(args.image_size), target_size=tuple(args.image_size_target),
+                                   seed=0)
+
+
+def train_argv(args: argparse.Namespace, data, extra: list[str]) -> list[str]:
+    argv = ["--data-dir", str(data.gta5_root), "--data-list", str(data.gta5_list),
+            "--data-dir-target", str(data.cityscapes_root), "--data-list-target", str(data.cityscapes_train_list),
+            "--input-size", "%d,%d" % tuple(args.input_size),
+            "--input-size-target", "%d,%d" % tuple(args.input_size_target),
+            "--restore-from", "none", "--resnet-layers", args.resnet_layers, "--num-workers", str(args.num_workers),
+            "--batch-size", str(args.batch_size), "--iter-size", str(args.iter_size),
+            # a short horizon: the lists are repeated num_steps times (250000 would cost seconds of start-up)
+            "--num-steps", "10000", "--num-steps-stop", "10000", *extra]
+    if args.device == "cpu":
+        argv.append("--cpu")
+    return argv
+
+
+# ---- the original loop, ported --------------------------------------------------------------------------------------
+
+
+class OriginalPort:
+    """The original ``train_gta2cityscapes_multi.py`` iteration (PyTorch 0.4 branch) as a straightforward port would
+    write it today; no hooks, no resumable sampler, no faithful optimizers."""
+
+    def __init__(self, targs: argparse.Namespace, device: torch.device) -> None:
+        source_set, target_set = train.build_datasets(targs)
+        seed_everything(targs.random_seed)
+        model, model_D1, model_D2 = train.build_networks(targs, device)
+        self.model, self.model_D1, self.model_D2 = model, model_D1, model_D2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.optim warns about the duplicate listing
+            self.optimizer = torch.optim.SGD(model.optim_parameters(targs), lr=targs.learning_rate,
+                                             momentum=targs.momentum, weight_decay=targs.weight_decay)
+        self.optimizer_D1 = torch.optim.Adam(model_D1.parameters(), lr=targs.learning_rate_D, betas=(0.9, 0.99))
+        self.optimizer_D2 = torch.optim.Adam(model_D2.parameters(), lr=targs.learning_rate_D, betas=(0.9, 0.99))
+        pin = device.type == "cuda"
+        loader = torch.utils.data.DataLoader(source_set, batch_size=targs.batch_size, shuffle=True,
+                                             num_workers=targs.num_workers, pin_memory=pin)
+        target_loader = torch.utils.data.DataLoader(target_set, batch_size=targs.batch_size, shuffle=True,
+                                                    num_workers=targs.num_workers, pin_memory=pin)
+        self.trainloader_iter = TimedIterator(enumerate(loader))
+        self.targetloader_iter = TimedIterator(enumerate(target_loader))
+        w, h = targs.input_size
+        wt, ht = targs.input_size_target
+        self.interp = nn.Upsample(size=(h, w), mode="bilinear", align_corners=True)
+        self.interp_target = nn.Upsample(size=(ht, wt), mode="bilinear", align_corners=True)
+        self.bce_loss = nn.BCEWithLogitsLoss()
+        self.criterion = nn.CrossEntropyLoss(ignore_index=255)
+        self.args, self.device = targs, device
+
+    @property
+    def wait(self) -> float:
+        return self.trainloader_iter.wait + self.targetloader_iter.wait
+
+    def close(self) -> None:
+        pass
+
+    def iteration(self, i_iter: int) -> None:
+        a, device = self.args, self.device
+        model, model_D1, model_D2 = self.model, self.model_D1, self.model_D2
+        source_label, target_label = 0, 1
+        loss_seg_value1 = loss_adv_target_value1 = loss_D_value1 = 0.0
+        loss_seg_value2 = loss_adv_target_value2 = loss_D_value2 = 0.0
+        self.optimizer.zero_grad()
+        adjust_learning_rate(self.optimizer, lr_poly(a.learning_rate, i_iter, a.num_steps, a.power))
+        self.optimizer_D1.zero_grad()
+        self.optimizer_D2.zero_grad()
+        lr_d = lr_poly(a.learning_rate_D, i_iter, a.num_steps, a.power)
+        adjust_learning_rate(self.optimizer_D1, lr_d)
+        adjust_learning_rate(self.optimizer_D2, lr_d)
+        for _ in range(a.iter_size):
+            # train G: don't accumulate grads in D
+            for param in model_D1.parameters():
+                param.requires_grad = False
+            for param in model_D2.parameters():
+                param.requires_grad = False
+            # train with source
+            _, batch = next(self.trainloader_iter)
+            images, labels, _, _ = batch
+            images = images.to(device)
+            pred1, pred2 = model(images)
+            pred1 = self.interp(pred1)
+            pred2 = self.interp(pred2)
+            loss_seg1 = self.criterion(pred1, labels.long().to(device))
+            loss_seg2 = self.criterion(pred2, labels.long().to(device))
+            loss = loss_seg2 + a.lambda_seg * loss_seg1
+            loss = loss / a.iter_size
+            loss.backward()
+            loss_seg_value1 += loss_seg1.item() / a.iter_size
+            loss_seg_value2 += loss_seg2.item() / a.iter_size
+            # train with target
+            _, batch = next(self.targetloader_iter)
+            images, _, _ = batch
+            images = images.to(device)
+            pred_target1, pred_target2 = model(images)
+            pred_target1 = self.interp_target(pred_target1)
+            pred_target2 = self.interp_target(pred_target2)
+            D_out1 = model_D1(F.softmax(pred_target1, dim=1))
+            D_out2 = model_D2(F.softmax(pred_target2, dim=1))
+            loss_adv_target1 = self.bce_loss(D_out1, torch.FloatTensor(D_out1.size()).fill_(source_label).to(device))
+            loss_adv_target2 = self.bce_loss(D_out2, torch.FloatTensor(D_out2.size()).fill_(source_label).to(device))
+            loss = a.lambda_adv_target1 * loss_adv_target1 + a.lambda_adv_target2 * loss_adv_target2
+            loss = loss / a.iter_size
+            loss.backward()
+            loss_adv_target_value1 += loss_adv_target1.item() / a.iter_size
+            loss_adv_target_value2 += loss_adv_target2.item() / a.iter_size
+            # train D: bring back requires_grad
+            for param in model_D1.parameters():
+                param.requires_grad = True
+            for param in model_D2.parameters():
+                param.requires_grad = True
+            # train with source
+            pred1 = pred1.detach()
+            pred2 = pred2.detach()
+            D_out1 = model_D1(F.softmax(pred1, dim=1))
+            D_out2 = model_D2(F.softmax(pred2, dim=1))
+            loss_D1 = self.bce_loss(D_out1, torch.FloatTensor(D_out1.size()).fill_(source_label).to(device))
+            loss_D2 = self.bce_loss(D_out2, torch.FloatTensor(D_out2.size()).fill_(source_label).to(device))
+            loss_D1 = loss_D1 / a.iter_size / 2
+            loss_D2 = loss_D2 / a.iter_size / 2
+            loss_D1.backward()
+            loss_D2.backward()
+            loss_D_value1 += loss_D1.item()
+            loss_D_value2 += loss_D2.item()
+            # train with target
+            pred_target1 = pred_target1.detach()
+            pred_target2 = pred_target2.detach()
+            D_out1 = model_D1(F.softmax(pred_target1, dim=1))
+            D_out2 = model_D2(F.softmax(pred_target2, dim=1))
+            loss_D1 = self.bce_loss(D_out1, torch.FloatTensor(D_out1.size()).fill_(target_label).to(device))
+            loss_D2 = self.bce_loss(D_out2, torch.FloatTensor(D_out2.size()).fill_(target_label).to(device))
+            loss_D1 = loss_D1 / a.iter_size / 2
+            loss_D2 = loss_D2 / a.iter_size / 2
+            loss_D1.backward()
+            loss_D2.backward()
+            loss_D_value1 += loss_D1.item()
+            loss_D_value2 += loss_D2.item()
+        self.optimizer.step()
+        self.optimizer_D1.step()
+        self.optimizer_D2.step()
+
+
+# ---- ours: the script's own set-up and train_step ------------------------------------------------------------------
+
+
+class Ours:
+    """The training script's data pipeline, set-up (flags ``extra``) and :func:`train_step`."""
+
+    def __init__(self, targs: argparse.Namespace, device: torch.device) -> None:
+        source_set, target_set = train.build_datasets(targs)
+        seed_everything(targs.random_seed)
+        self.setup = train.build_training(targs, device)
+        source_loader, _ = train.build_loader(source_set, targs, device, 0, salt=0)
+        target_loader, _ = train.build_loader(target_set, targs, device, 0, salt=1)
+        self.source = TimedIterator(train._source_batches(source_loader))
+        self.target = TimedIterator(train._target_batches(target_loader))
+
+    @property
+    def wait(self) -> float:
+        return self.source.wait + self.target.wait
+
+    def close(self) -> None:
+        self.source.close()
+        self.target.close()
+
+    def iteration(self, i_iter: int) -> None:
+        train.train_step(self.setup, self.source, self.target, i_iter)
+
+
+def build_variant(name: str, args: argparse.Namespace, data, device: torch.device):
+    extra = VARIANTS[name]
+    targs = train.get_args_parser().parse_args(train_argv(args, data, extra or []))
+    train.validate_args(targs)
+    return OriginalPort(targs, device) if extra is None else Ours(targs, device)
+
+
+# ---- FLOPs ---------------------------------------------------------------------------------------------------------
+
+
+class _BackwardDone(Exception):
+    """Raised from the losses' reduction hook: every forward and backward of the iteration has run."""
+
+
+def count_flops(args: argparse.Namespace, input_size, input_size_target) -> int:
+    """FLOPs of one training iteration at the given sizes: the real ``train_step`` on meta tensors (shapes only)
+    under ``FlopCounterMode``, stopped right after its last backward (the optimizer steps are elementwise work the
+    counter does not count). Checks that every backward ran."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fargs = argparse.Namespace(**vars(args))
+    fargs.input_size, fargs.input_size_target = tuple(input_size), tuple(input_size_target)
+    argv = train_argv(fargs, argparse.Namespace(gta5_root="-", gta5_list="-", cityscapes_root="-",
+                                                cityscapes_train_list="-"), [])
+    targs = train.get_args_parser().parse_args(argv)
+    meta = torch.device("meta")
+    with warnings.catch_warnings(), meta:  # parameters created on meta: no memory, no init work
+        warnings.simplefilter("ignore")
+        setup = train.build_training(targs, meta)
+    calls = []
+    setup.backward = lambda loss: (calls.append(1), loss.backward())
+
+    def stop(_losses):
+        raise _BackwardDone
+
+    setup.reduce_losses = stop
+    b = args.batch_size
+    (w, h), (wt, ht) = input_size, input_size_target
+    source = iter([(torch.empty(b, 3, h, w, device=meta), torch.zeros(b, h, w, device=meta))] * args.iter_size)
+    target = iter([torch.empty(b, 3, ht, wt, device=meta)] * args.iter_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        try:
+            train.train_step(setup, source, target, 0)
+        except _BackwardDone:
+            pass
+    expected = (6 if setup.use_aux else 4) * args.iter_size
+    if len(calls) != expected:
+        raise RuntimeError(f"FLOP count incomplete: {len(calls)} of {expected} backward passes ran")
+    return int(counter.get_total_flops())
+
+
+# ---- the optimizer step --------------------------------------------------------------------------------------------
+
+
+def bench_optimizer(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
+    """Time ``step()`` of FaithfulSGD's implementations (the listing loop it had before, foreach rounds, per
+    parameter) and of ``torch.optim.SGD`` on the duplicate listing (the port's), on the DeeplabMulti of
+    ``--resnet-layers`` with fixed random gradients; check the reordered ones end bitwise equal to the loop."""
+    from model import DeeplabMulti
+
+    layers = tuple(int(v) for v in args.resnet_layers.split(","))
+    torch.manual_seed(0)
+    net = DeeplabMulti(19, layers=layers).to(device)
+    grads = {}
+    for name, p in net.named_parameters():
+        if p.requires_grad and ".conv2d_list.2." not in name and ".conv2d_list.3." not in name:
+            grads[name] = torch.randn_like(p) * 1e-3
+    init = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    auto = "foreach" if device.type == "cuda" else "per_param"
+
+    def faithful(impl):
+        return lambda: FaithfulSGD(net.optim_parameters(2.5e-4), lr=2.5e-4, momentum=0.9, weight_decay=5e-4,
+                                   impl=impl)
+
+    impls: dict[str, tuple[str | None, Callable[[], torch.optim.Optimizer]]] = {
+        "FaithfulSGD listing loop (before)": ("listing", faithful("listing")),
+        "FaithfulSGD foreach rounds": ("foreach", faithful("foreach")),
+        "FaithfulSGD per parameter": ("per_param", faithful("per_param")),
+        "torch.optim.SGD on the listing (port)": (None, lambda: torch.optim.SGD(
+            net.optim_parameters(2.5e-4), lr=2.5e-4, momentum=0.9, weight_decay=5e-4)),
+    }
+    listing = sum(len(g["params"]) for g in net.optim_parameters(1.0))
+    results: dict[str, list[float]] = {k: [] for k in impls}
+    finals = {}
+    for _ in range(max(1, args.rounds)):
+        for name, (_, make) in impls.items():
+            net.load_state_dict(init)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt = make()
+            named = dict(net.named_parameters())
+            for k, g in grads.items():
+                named[k].grad = g.clone()
+            opt.step()  # the first step creates the momentum buffers
+            for _ in range(args.optimizer_repeats):
+                _sync(device)
+                t0 = time.perf_counter()
+                opt.step()
+                _sync(device)
+                results[name].append(time.perf_counter() - t0)
+            finals[name] = {k: v.detach().clone() for k, v in net.named_parameters()}
+    loop = "FaithfulSGD listing loop (before)"
+    base = min(results[loop])
+    rows = []
+    for name, (impl, _) in impls.items():
+        best = min(results[name])
+        same = None
+        if impl in ("foreach", "per_param"):
+            same = all(torch.equal(finals[loop][k], v) for k, v in finals[name].items())
+        rows.append({"optimizer": name, "impl": impl, "used_by_auto": impl == auto, "ms_per_step": best * 1e3,
+                     "median_ms": statistics.median(results[name]) * 1e3, "speedup_vs_loop": base / best,
+                     "listing_entries": listing, "bitwise_equal_to_loop": same})
+    return rows
+
+
+# ---- main ----------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_variant(name: str, args: argparse.Namespace, data, device: torch.device) -> dict[str, Any]:
+    """Build variant ``name``, run ``--warmup`` then ``--iters`` timed iterations; in the calling process."""
+    mem = PeakMemory(device)
+    with contextlib.redirect_stdout(io.StringIO()):
+        runner = build_variant(name, args, data, device)
+    try:
+        for i in range(args.warmup):
+            runner.iteration(i)
+        _sync(device)
+        wait0 = runner.wait
+        times = []
+        for i in range(args.warmup, args.warmup + args.iters):
+            t0 = time.perf_counter()
+            runner.iteration(i)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+        wait = runner.wait - wait0
+    finally:
+        runner.close()
+    return {"times": times, "wait": wait, "peak_gib": mem.peak_gib()}
+
+
+def run_variant_process(name: str, args: argparse.Namespace, data, workdir: Path) -> dict[str, Any]:
+    """:func:`run_variant` in a fresh Python process: its memory is measured alone, and no variant inherits
+    another's allocator state or warm caches."""
+    spec = workdir / "worker.json"
+    out = workdir / "worker_result.json"
+    spec.write_text(json.dumps({"variant": name, "data": {k: str(v) for k, v in vars(data).items()},
+                                "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                                             for k, v in vars(args).items()}}))
+    out.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(spec), str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"variant {name!r} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(out.read_text())
+
+
+def worker_main(spec_path: str, out_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    args = argparse.Namespace(**spec["settings"])
+    args.input_size, args.input_size_target = tuple(args.input_size), tuple(args.input_size_target)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    configure_backends(device, deterministic=False)
+    data = argparse.Namespace(**spec["data"])
+    result = run_variant(spec["variant"], args, data, device)
+    Path(out_path).write_text(json.dumps(result))
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    args = resolve_defaults(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if args.device == "cuda" else "cpu")
+    configure_backends(device, deterministic=False)
+    name = device_name(device)
+    peak_tflops = bf16_peak_tflops(name) if device.type == "cuda" else None
+    variants = args.variants.split(",")
+    per_iter_images = 2 * args.batch_size * args.iter_size
+
+    flops = None if args.no_flops else count_flops(args, args.input_size, args.input_size_target)
+    paper_flops = None if args.no_flops else count_flops(
+        argparse.Namespace(**{**vars(args), "batch_size": 1, "iter_size": 1}), *PAPER_SIZES)
+
+    tmp = None
+    if args.workdir:
+        root = Path(args.workdir)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
+        root = Path(tmp.name)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            data = make_data(args, root / "data")
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for r in range(args.rounds):  # the variants take turns, the order rotating each round (order effects)
+            k = r % len(variants)
+            for v in variants[k:] + variants[:k]:
+                runs[v].append(run_variant_process(v, args, data, root))
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    rows = []
+    for v in variants:
+        times = [t for r in runs[v] for t in r["times"]]
+        best_round = min(runs[v], key=lambda r: statistics.median(r["times"]))
+        sec = min(statistics.median(r["times"]) for r in runs[v])
+        total = sum(best_round["times"])
+        row = {
+            "variant": v,
+            "sec_per_iter": sec,
+            "sec_per_iter_all": times,
+            "iter_per_s": 1.0 / sec,
+            "images_per_s": per_iter_images / sec,
+            "peak_mem_gib": max(r["peak_gib"] for r in runs[v]),
+            "data_wait_share": best_round["wait"] / total if total > 0 else 0.0,
+            "flops_per_iter": flops,
+            "achieved_tflops": flops / sec / 1e12 if flops else None,
+            "pct_of_bf16_peak": 100.0 * flops / sec / 1e12 / peak_tflops if flops and peak_tflops else None,
+        }
+        rows.append(row)
+    ref = {r["variant"]: r["sec_per_iter"] for r in rows}
+    for r in rows:
+        r["speed_vs_original_port"] = ref["original port"] / r["sec_per_iter"] if "original port" in ref else None
+        r["speed_vs_fp32"] = ref["fp32"] / r["sec_per_iter"] if "fp32" in ref else None
+
+    opt_rows = bench_optimizer(args, device) if args.optimizer_repeats > 0 else []
+
+    result = {
+        "benchmark": "train_step",
+        "date": datetime.date.today().isoformat(),
+        "command": "python " + " ".join([str(Path(sys.argv[0]).as_posix())] + sys.argv[1:]),
+        "machine": {"device": name, "torch": torch.__version__, "python": platform.python_version(),
+                    "threads": torch.get_num_threads(), "bf16_peak_tflops": peak_tflops,
+                    "load_average_at_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
+        "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items() if k != "json"},
+        "memory_definition": ("torch.cuda.max_memory_allocated of the variant's own process"
+                              if device.type == "cuda" else
+                              "peak RSS of the variant's own process minus its RSS before the set-up"),
+        "paper_flops_per_iter": paper_flops,
+        "rows": rows,
+        "optimizer": opt_rows,
+    }
+    print_report(result)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _fmt(v, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
+
+
+def print_report(result: dict[str, Any]) -> None:
+    s, m = result["settings"], result["machine"]
+    print(f"# train_step benchmark, {result['date']}: {m['device']}, torch {m['torch']}, {m['threads']} threads")
+    print(f"# sizes {s['input_size'][0]}x{s['input_size'][1]} + {s['input_size_target'][0]}x"
+          f"{s['input_size_target'][1]}, batch {s['batch_size']}, iter-size {s['iter_size']}, ResNet layers "
+          f"{s['resnet_layers']}, {s['iters']} timed iterations x {s['rounds']} round(s) after {s['warmup']} warm-up, "
+          f"{s['num_workers']} loader workers per domain")
+    if result["paper_flops_per_iter"]:
+        print(f"# FLOPs per iteration (FlopCounterMode): {result['rows'][0]['flops_per_iter'] / 1e9:.1f} GFLOP here; "
+              f"{result['paper_flops_per_iter'] / 1e12:.2f} TFLOP at the paper's 1280x720 + 1024x512, batch 1")
+    if m.get("load_average_at_end"):
+        print("# load average at the end (1/5/15 min): " + " ".join(f"{x:.2f}" for x in m["load_average_at_end"]))
+    print(f"# peak memory: {result['memory_definition']}; bf16 peak of this device: "
+          f"{_fmt(m['bf16_peak_tflops'], '.0f', 'unknown')} TFLOP/s")
+    head = ("variant", "s/iter", "it/s", "img/s", "peak GiB", "data wait", "TFLOP/s", "% bf16 peak", "vs port",
+            "vs fp32")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for r in result["rows"]:
+        cells = (r["variant"], f"{r['sec_per_iter']:.3f}", f"{r['iter_per_s']:.3f}", f"{r['images_per_s']:.2f}",
+                 f"{r['peak_mem_gib']:.3f}", f"{100 * r['data_wait_share']:.1f}%",
+                 _fmt(r["achieved_tflops"], ".3f"), _fmt(r["pct_of_bf16_peak"], ".1f"),
+                 _fmt(r["speed_vs_original_port"], ".2f") + "x", _fmt(r["speed_vs_fp32"], ".2f") + "x")
+        print("| " + " | ".join(cells) + " |")
+    if result["optimizer"]:
+        o = result["optimizer"]
+        print(f"\n# optimizer step of the segmentation network ({o[0]['listing_entries']} listing entries), best of "
+              f"{s['optimizer_repeats']} x {s['rounds']}")
+        print("| optimizer | ms/step | median ms | speed-up vs loop | bitwise = loop | impl='auto' here |")
+        print("|---|---|---|---|---|---|")
+        for r in o:
+            print(f"| {r['optimizer']} | {r['ms_per_step']:.1f} | {r['median_ms']:.1f} | "
+                  f"{r['speedup_vs_loop']:.2f}x | {_fmt(r['bitwise_equal_to_loop'], '')} | "
+                  f"{'yes' if r['used_by_auto'] else ''} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--worker":  # internal: one variant in a fresh process
+        worker_main(sys.argv[2], sys.argv[3])
+    else:
+        main(get_args_parser().parse_args())
