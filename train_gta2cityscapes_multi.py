@@ -931,6 +931,19 @@ def remove_stale_temporaries(snapshot_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def dataset_error_message(exc: Exception) -> str:
+    """The one-line message of a :class:`DatasetError`, also when a DataLoader worker re-raised it.
+
+    A worker's exception arrives as "Caught DatasetError in DataLoader worker process 0. Original Traceback
+    ...": only its last line, the loader's own message, is useful to a user.
+    """
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split("DatasetError: ", 1)[-1]
+    return text
+
+
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr, flush=True)
     return 1
@@ -1041,6 +1054,9 @@ def run_training(args: argparse.Namespace, device: torch.device) -> int:
             except NonFiniteLossError as exc:
                 return _error(f"{exc}; stopping (snapshots already written are intact; the weights of this "
                               "iteration were not updated or saved)")
+            except DatasetError as exc:  # a file that broke after the start-up checks (read by a loader worker)
+                return _error(f"iteration {i_iter}: {dataset_error_message(exc)}; stopping (snapshots already "
+                              "written are intact; run tools/check_data.py, fix the file, then --resume auto)")
             if main_process:
                 if i_iter % args.log_every == 0 or i_iter == end_iter - 1:
                     emit(format_log_line(i_iter, args.num_steps, losses))

@@ -162,3 +162,29 @@ def open_rgb(path: str | Path) -> Image.Image:
     """Open and decode an image and convert it to RGB, as the original loaders did (``.convert('RGB')``)."""
     return open_image(path, "image").convert("RGB")
 
+
+
+#: How many label files :func:`check_label_modes_sample` opens at construction.
+LABEL_MODE_SAMPLE = 16
+
+
+def check_label_modes_sample(paths: Sequence[str | Path], hint: str = GTA5_LABEL_HINT,
+                             sample: int = LABEL_MODE_SAMPLE) -> None:
+    """Check the mode of up to ``sample`` evenly spaced label files from their PNG headers (no decoding).
+
+    A whole label folder converted to RGB is the common way to lose the labelIds; this finds it
+    when the dataset is built, in milliseconds, instead of at the first batch. Every label is
+    still checked when it is read (:func:`open_label`); ``tools/check_data.py`` checks them all.
+    """
+    if not paths:
+        return
+    step = max(1, len(paths) // sample)
+    for path in list(paths)[::step][:sample]:
+        try:
+            with Image.open(path) as img:
+                mode = img.mode
+        except (OSError, SyntaxError) as exc:
+            raise DatasetError(f"cannot read label {path}: {exc} (the file is unreadable or truncated: "
+                               "re-download or re-extract it)") from None
+        if mode not in LABEL_MODES:
+            raise DatasetError(f"label {path} has mode {mode!r}, expected 'P' or 'L'. {hint}")

@@ -21,6 +21,7 @@ from torch.utils import data
 from dataset.checks import (
     GTA5_LABEL_HINT,
     check_files_exist,
+    check_label_modes_sample,
     check_root,
     open_label,
     open_rgb,
@@ -247,6 +248,7 @@ class GTA5DataSet(data.Dataset):
         if check_files:
             files = [p for n in names for p in gta5_paths(self.root, n)]
             check_files_exist(files, "GTA5 images/labels", self.list_path)
+            check_label_modes_sample(files[1::2], GTA5_LABEL_HINT)
         self.img_ids = repeat_names(names, max_iters)
         # One dict per distinct name, repeated like the names: the default schedule
         # repeats the list to 250,000 items, and building a Path pair for each cost seconds.
