@@ -417,7 +417,7 @@ def restore_segmentation_weights(model: nn.Module, args: argparse.Namespace) -> 
     if is_none_restore(args.restore_from):
         logger.info("--restore-from %s: starting from the model's own initialisation", args.restore_from)
         return
-    state_dict = load_state_dict_from(args.restore_from)
+    state_dict = load_state_dict_from(args.restore_from, none_allowed=True)
     source = f"--restore-from {args.restore_from}"
     trained = guess_model_from_keys(state_dict) == ("DeeplabVGG" if args.model == "DeeplabVGG" else "DeeplabMulti")
     if args.model == "DeeplabVGG":

@@ -120,6 +120,7 @@ def load_state_dict_from(
     model_dir: str | Path | None = None,
     flag: str = "--restore-from",
     progress: bool = True,
+    none_allowed: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Read a state_dict (name -> tensor) from a local file or an http(s)/file URL.
 
@@ -127,6 +128,9 @@ def load_state_dict_from(
     ``torch.hub.load_state_dict_from_url(check_hash=True)``: a file named ``name-<hex>.pth`` must have a SHA-256
     starting with ``<hex>`` (the released files are named that way). Everything loads with ``weights_only=True``.
     A file holding a dict with a ``state_dict`` or ``model`` entry (a resume file) yields that entry.
+
+    ``none_allowed``: the caller accepts ``none`` for "no weights" (training does, evaluation does not), so the
+    missing-file message offers it.
 
     Raises ``FileNotFoundError`` (missing file), ``ValueError`` (unreadable/corrupt file, hash mismatch, not a
     state_dict) or ``OSError`` (download failed); messages name the file or URL and ``flag``.
@@ -164,7 +168,8 @@ def load_state_dict_from(
     path = Path(path_or_url).expanduser()
     if not path.exists():
         raise FileNotFoundError(
-            f"{flag} {path}: no such file; pass an existing .pth file, an http(s) URL, or 'none'"
+            f"{flag} {path}: no such file; pass an existing .pth file"
+            + (", an http(s) URL, or 'none'" if none_allowed else " or an http(s) URL")
         )
     if path.is_dir():
         raise IsADirectoryError(f"{flag} {path}: is a directory, expected a .pth checkpoint file")
