@@ -332,12 +332,16 @@ def test_rgb_label_refused_with_palette_advice(tmp_path):
     save_rgb(tmp_path / "images" / "r.png", np.zeros((4, 4, 3)))
     save_rgb(tmp_path / "labels" / "r.png", np.full((4, 4, 3), (128, 64, 128)))
     (tmp_path / "l.txt").write_text("r.png\n")
-    ds = GTA5DataSet(tmp_path, tmp_path / "l.txt", crop_size=(4, 4))
+    # Found from the header when the dataset is built ...
     with pytest.raises(DatasetError) as exc:
+        GTA5DataSet(tmp_path, tmp_path / "l.txt", crop_size=(4, 4))
+    # ... and, without the construction checks, when the label is read.
+    ds = GTA5DataSet(tmp_path, tmp_path / "l.txt", crop_size=(4, 4), check_files=False)
+    with pytest.raises(DatasetError) as exc_read:
         ds[0]
-    msg = str(exc.value)
-    assert str(tmp_path / "labels" / "r.png") in msg
-    assert "'RGB'" in msg and "palette" in msg and "labelIds" in msg
+    for msg in (str(exc.value), str(exc_read.value)):
+        assert str(tmp_path / "labels" / "r.png") in msg
+        assert "'RGB'" in msg and "palette" in msg and "labelIds" in msg
 
 
 def test_bad_crop_size(tmp_path, synth):
