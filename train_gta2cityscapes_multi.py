@@ -883,7 +883,7 @@ _RESUME_SENSITIVE = ("model", "num_classes", "resnet_layers", "all_branches", "f
                      "iter_size", "learning_rate", "learning_rate_D", "momentum", "weight_decay", "num_steps",
                      "power", "lambda_seg", "lambda_adv_target1", "lambda_adv_target2", "gan", "random_seed",
                      "input_size", "input_size_target", "random_mirror", "random_scale", "data_list",
-                     "data_list_target", "modern_optim", "ignore_label", "amp", "amp_dtype")
+                     "data_list_target", "modern_optim", "ignore_label", "amp", "amp_dtype", "source", "target", "city")
 
 
 def load_resume_into(setup: TrainingSetup, state: dict, args: argparse.Namespace, path: Path) -> int:
