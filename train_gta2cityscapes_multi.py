@@ -642,6 +642,22 @@ def build_loader(dataset, args: argparse.Namespace, device: torch.device, start:
     return loader, sampler
 
 
+def shutdown_loader(loader) -> None:
+    """Stop a DataLoader's persistent worker processes now.
+
+    Our workers ignore SIGINT/SIGTERM (so a Ctrl-C lets the iteration finish). If an error ends the run, the
+    exception's traceback can keep the loader alive until after interpreter exit starts, where multiprocessing
+    terminates and then joins its children: workers that ignore SIGTERM would then never exit and the process would
+    hang. Shutting them down explicitly avoids that.
+    """
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    if iterator is not None:
+        loader._iterator = None
+
+
 def _source_batches(loader, nan_at: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for k, (images, labels, _, _) in enumerate(loader):
         if k == nan_at:  # testing hook (--debug-nan-at): a corrupt batch
@@ -1101,6 +1117,8 @@ def run_training(args: argparse.Namespace, device: torch.device) -> int:
             writer.close()
         source_batches.close()
         target_batches.close()
+        shutdown_loader(source_loader)
+        shutdown_loader(target_loader)
     if args.debug_dump_ranks:  # testing hook: every rank's final weights, to compare them
         dump = Path(args.debug_dump_ranks) / f"rank{get_rank()}.pth"
         atomic_torch_save({f"{key}.{k}": v.detach().cpu() for key, net in

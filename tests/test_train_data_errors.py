@@ -1,6 +1,7 @@
 """A data file that breaks only when it is read (after the start-up checks) ends training with one clear line."""
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,8 @@ def test_truncated_file_found_mid_run_is_one_clear_error(data, tmp_path, workers
     assert str(source / "images" / names[0]) in lines[0]
     assert "truncated" in lines[0] and "--resume auto" in lines[0]
     assert "Traceback" not in err
+    # The loader workers (which ignore SIGTERM) are gone: left alive, they would hang the interpreter's exit.
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
 
 
 def test_rgb_labels_refused_at_construction(data, tmp_path):
