@@ -51,6 +51,7 @@ from utils.metrics import (
     subset_iou_lines,
     subset_result_dict,
 )
+from utils.cli import parse_layers, parse_size
 from utils.runtime import atomic_write, check_writable_dir, select_device
 from utils.weights import (
     RELEASED_WEIGHTS,
@@ -72,26 +73,6 @@ SET = "val"
 #: The original's fixed sizes, as (W, H): network input and saved prediction.
 INPUT_SIZE = "1024,512"
 OUTPUT_SIZE = "2048,1024"
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected W,H (two integers), got {text!r}") from None
-    if w <= 0 or h <= 0:
-        raise argparse.ArgumentTypeError(f"sizes must be positive, got {text!r}")
-    return w, h
-
-
-def _layers(text: str) -> tuple[int, ...]:
-    try:
-        layers = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected four integers like 3,4,23,3, got {text!r}") from None
-    if len(layers) != 4 or min(layers) < 1:
-        raise argparse.ArgumentTypeError(f"expected four positive integers like 3,4,23,3, got {text!r}")
-    return layers
 
 
 def _scales(text: str) -> tuple[float, ...]:
@@ -145,11 +126,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "pixels")
     beyond.add_argument("--save-overlay", action="store_true",
                         help="also save SAVE/<stem>_overlay.png: the image blended with the colour prediction")
-    beyond.add_argument("--input-size", type=_size, default=_size(INPUT_SIZE),
+    beyond.add_argument("--input-size", type=parse_size, default=parse_size(INPUT_SIZE),
                         help=f"W,H the images are resized to before the network (default {INPUT_SIZE})")
-    beyond.add_argument("--output-size", type=_size, default=_size(OUTPUT_SIZE),
+    beyond.add_argument("--output-size", type=parse_size, default=parse_size(OUTPUT_SIZE),
                         help=f"W,H of the saved predictions (default {OUTPUT_SIZE}, Cityscapes' resolution)")
-    beyond.add_argument("--resnet-layers", type=_layers, default=RESNET101_LAYERS,
+    beyond.add_argument("--resnet-layers", type=parse_layers, default=RESNET101_LAYERS,
                         help="blocks per ResNet stage (default 3,4,23,3 = ResNet-101; tests use 1,1,1,1)")
     beyond.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a TTY)")
     beyond.add_argument("--classes", type=int, default=None, choices=CLASS_SUBSETS,

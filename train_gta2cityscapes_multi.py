@@ -42,6 +42,7 @@ from dataset.labels import IMG_MEAN, colorize_rgb
 from dataset.settings import CITIES, SOURCES, TARGETS
 from model import FCDiscriminator, build_model
 from model.deeplab_vgg import vgg16_to_deeplab_features
+from utils.cli import parse_layers, parse_size
 from utils.checkpoint import (
     DEFAULT_RESUME_NAME,
     find_resume_file,
@@ -129,28 +130,6 @@ LOG_FORMAT = ("iter = {0:8d}/{1:8d}, loss_seg1 = {2:.3f} loss_seg2 = {3:.3f} los
 
 
 # ---- arguments ------------------------------------------------------------------------------------------------------
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"W,H"`` -> ``(W, H)`` (argparse type; a malformed value becomes a clear argparse error)."""
-    try:
-        parts = [int(v) for v in str(text).split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected W,H as two positive integers such as 1280,720, got {text!r}")
-    return parts[0], parts[1]
-
-
-def parse_layers(text: str) -> tuple[int, int, int, int]:
-    """``"3,4,23,3"`` -> block counts of layer1..layer4 (argparse type)."""
-    try:
-        parts = [int(v) for v in str(text).split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected four positive block counts such as 3,4,23,3, got {text!r}")
-    return parts[0], parts[1], parts[2], parts[3]
 
 
 #: Namespace attribute listing the dests of the (value-taking) flags given on the command line.

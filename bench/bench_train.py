@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 import train_gta2cityscapes_multi as train  # noqa: E402
 from tools.make_synthetic_data import make_synthetic_datasets  # noqa: E402
+from utils.cli import parse_size  # noqa: E402
 from utils.optim import FaithfulSGD, adjust_learning_rate, lr_poly  # noqa: E402
 from utils.runtime import configure_backends, seed_everything  # noqa: E402
 
@@ -81,11 +82,6 @@ VARIANTS = {  # name -> extra training flags
     "amp": ["--amp"],
     "amp+channels-last": ["--amp", "--channels-last"],
 }
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    w, h = (int(v) for v in text.split(","))
-    return w, h
 
 
 def get_args_parser() -> argparse.ArgumentParser:

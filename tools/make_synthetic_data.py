@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from dataset.labels import INFO_JSON, LABEL2TRAIN, PALETTE, SYNTHIA_TO_TRAIN
+from utils.cli import parse_size
 from utils.runtime import atomic_write
 
 TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne")
@@ -460,14 +461,6 @@ def make_synthetic_other_settings(
     )
 
 
-def _size_arg(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected W,H (e.g. 64,36), got {text!r}") from None
-    return w, h
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Write a small synthetic GTA5 + Cityscapes in the real folder layouts (tests, demo).",
@@ -477,8 +470,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-source", type=int, default=8, help="GTA5 image/label pairs")
     parser.add_argument("--num-target-train", type=int, default=8, help="Cityscapes train images")
     parser.add_argument("--num-val", type=int, default=4, help="Cityscapes val images with gtFine labels")
-    parser.add_argument("--source-size", type=_size_arg, default=(64, 36), help="W,H of GTA5 images")
-    parser.add_argument("--target-size", type=_size_arg, default=(64, 32), help="W,H of Cityscapes images")
+    parser.add_argument("--source-size", type=parse_size, default=(64, 36), help="W,H of GTA5 images")
+    parser.add_argument("--target-size", type=parse_size, default=(64, 32), help="W,H of Cityscapes images")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--other-settings", action="store_true",
                         help="also write SYNTHIA, Synscapes and a Cross-City city (--city), and Cityscapes gtFine/train "
