@@ -21,36 +21,24 @@ import torch
 
 import train_gta2cityscapes_multi as train
 from model import FCDiscriminator, build_model
-from tools.make_synthetic_data import make_synthetic_datasets
+from tiny_training import make_tiny_data, one_thread  # noqa: F401 (one_thread: a fixture)
+from tiny_training import train_argv as _argv
 from utils.runtime import seed_everything
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 LAYERS = (1, 1, 1, 1)
 NUMBER = re.compile(r"= *(-?[0-9.]+)")
 UNUSED_BRANCHES = [f"layer{k}.conv2d_list.{b}.{w}" for k in (5, 6) for b in (2, 3) for w in ("weight", "bias")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast and does not fight the torchrun workers for the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_synthetic_datasets(tmp_path_factory.mktemp("synth"), num_source=4, num_target_train=4, num_val=1,
-                                   source_size=(48, 32), target_size=(48, 32), seed=3)
+    return make_tiny_data(tmp_path_factory.mktemp("synth"))
 
 
-def _argv(data, snap: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(data.gta5_root), "--data-list", str(data.gta5_list),
-            "--data-dir-target", str(data.cityscapes_root), "--data-list-target", str(data.cityscapes_train_list),
-            "--input-size", "40,32", "--input-size-target", "32,32", "--restore-from", "none",
-            "--resnet-layers", "1,1,1,1", "--num-workers", "0", "--cpu", "--num-steps", "10",
-            "--num-steps-stop", "4", "--save-pred-every", "2", "--snapshot-dir", str(snap), *extra]
 
 
 def _torchrun(data, snap: Path, *extra: str, timeout: int = 120) -> subprocess.CompletedProcess:

@@ -15,10 +15,12 @@ import torch
 
 import train_gta2cityscapes_multi as train
 from model import DeeplabMulti, FCDiscriminator, build_model
-from tools.make_synthetic_data import make_synthetic_datasets
+from tiny_training import make_tiny_data, one_thread  # noqa: F401 (one_thread: a fixture)
+from tiny_training import train_argv as _argv
 from utils.optim import lr_poly
 from utils.runtime import seed_everything
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
 LOG_LINE = re.compile(
     r"iter = +(\d+)/ +(\d+), loss_seg1 = (\S+) loss_seg2 = (\S+) loss_adv1 = (\S+), loss_adv2 = (\S+) "
@@ -27,28 +29,13 @@ LOG_LINE = re.compile(
 LAYERS = (1, 1, 1, 1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is as fast, and far faster when other work shares the cores (OpenMP
-    threads spin-waiting for a busy core). Subprocesses get OMP_NUM_THREADS=1 likewise."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_synthetic_datasets(tmp_path_factory.mktemp("synth"), num_source=4, num_target_train=4, num_val=1,
-                                   source_size=(48, 32), target_size=(48, 32), seed=3)
+    return make_tiny_data(tmp_path_factory.mktemp("synth"))
 
 
-def _argv(data, snap: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(data.gta5_root), "--data-list", str(data.gta5_list),
-            "--data-dir-target", str(data.cityscapes_root), "--data-list-target", str(data.cityscapes_train_list),
-            "--input-size", "40,32", "--input-size-target", "32,32", "--restore-from", "none",
-            "--resnet-layers", "1,1,1,1", "--num-workers", "0", "--cpu", "--num-steps", "10",
-            "--num-steps-stop", "4", "--save-pred-every", "2", "--snapshot-dir", str(snap), *extra]
 
 
 def _run(data, snap: Path, *extra: str) -> int:
