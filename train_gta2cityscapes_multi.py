@@ -81,6 +81,8 @@ from utils.weights import (
     load_checkpoint,
     load_state_dict_from,
     restore_init,
+    torchvision_init,
+    torchvision_restore_weights,
 )
 
 logger = logging.getLogger("train")
@@ -239,7 +241,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="Random seed to have reproducible results (Python, NumPy, torch, data order and "
                              "augmentation).")
     parser.add_argument("--restore-from", type=str, default=RESTORE_FROM,
-                        help="Where restore model parameters from (file or URL; 'none': the model's own init).")
+                        help="Where restore model parameters from (file or URL; 'none': the model's own init; "
+                             "'torchvision[:WEIGHTS]': torchvision's ImageNet backbone, see the README).")
     parser.add_argument("--save-num-images", type=int, default=SAVE_NUM_IMAGES,
                         help="How many images to save (to TensorBoard, per domain, at each snapshot).")
     parser.add_argument("--save-pred-every", type=int, default=SAVE_PRED_EVERY,
@@ -321,10 +324,11 @@ def validate_args(args: argparse.Namespace) -> None:
     for flag in ("num_workers", "save_num_images"):
         if getattr(args, flag) < 0:
             raise ValueError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    torchvision_restore_weights(args.restore_from)  # "torchvision:" without a weights name fails here, not later
     if args.model == "DeeplabVGG" and args.restore_from == RESTORE_FROM:
         raise ValueError("--model DeeplabVGG: the default --restore-from is the ResNet-101 initialisation and does "
                          "not fit VGG-16; pass --restore-from with a torchvision-layout VGG-16 state_dict (features "
-                         "are copied), a DeeplabVGG checkpoint, or 'none'")
+                         "are copied), 'torchvision' (its ImageNet VGG-16), a DeeplabVGG checkpoint, or 'none'")
     for flag in ("input_size", "input_size_target"):
         w, h = getattr(args, flag)
         if min(w, h) < MIN_INPUT_SIDE:
@@ -391,10 +395,16 @@ def restore_segmentation_weights(model: nn.Module, args: argparse.Namespace) -> 
     instead. DeeplabVGG (the original never trained it): a torchvision-layout VGG-16 state_dict initialises
     ``features`` (like the original constructor's ``vgg16_caffe_path``); a DeeplabVGG checkpoint (e.g. the released
     GTA2Cityscapes_vgg) loads strictly. ``--not-restore-last`` keeps the model's own classifiers.
+    ``torchvision[:WEIGHTS]``: torchvision's ImageNet ResNet-101 / VGG-16 backbone through the hub cache
+    (:func:`utils.weights.torchvision_init`; not the paper's initialisation, results differ).
     Raises ``CheckpointMismatchError``/``FileNotFoundError``/``ValueError``/``OSError`` with the file named.
     """
     if is_none_restore(args.restore_from):
         logger.info("--restore-from %s: starting from the model's own initialisation", args.restore_from)
+        return
+    tv_weights = torchvision_restore_weights(args.restore_from)
+    if tv_weights is not None:  # not the paper's initialisation: torchvision_init warns that results will differ
+        torchvision_init(unwrap(model), weights=tv_weights)
         return
     state_dict = load_state_dict_from(args.restore_from, none_allowed=True)
     source = f"--restore-from {args.restore_from}"

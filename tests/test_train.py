@@ -407,6 +407,37 @@ def test_restore_from_init_file_and_not_restore_last(tmp_path):
         assert torch.equal(got["layer6.conv2d_list.0.weight"], fresh["layer6.conv2d_list.0.weight"]) != layer6_copied
 
 
+def test_restore_from_torchvision_reads_the_hub_cache(tmp_path, monkeypatch):
+    """``--restore-from torchvision[:WEIGHTS]`` takes torchvision's ImageNet ResNet from the hub cache (here a tiny
+    torchvision-layout ResNet placed under the file names torchvision's URLs give, so nothing is downloaded)."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    donors = {}
+    for file_name, seed in (("resnet101-63fe2227.pth", 1), ("resnet101-cd907fc2.pth", 2)):  # V1, V2
+        torch.manual_seed(seed)
+        tv = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, list(LAYERS)).state_dict()
+        torch.save(tv, cache / file_name)
+        donors[file_name] = tv
+    for flag, file_name in (("torchvision", "resnet101-63fe2227.pth"),
+                            ("torchvision:imagenet1k_v2", "resnet101-cd907fc2.pth")):
+        args = train.get_args_parser().parse_args(["--restore-from", flag, "--resnet-layers", "1,1,1,1"])
+        seed_everything(0)
+        model = build_model("DeepLab", 19, layers=LAYERS)
+        fresh = {k: v.clone() for k, v in model.state_dict().items()}
+        train.restore_segmentation_weights(model, args)
+        got = model.state_dict()
+        for key in ("conv1.weight", "bn1.running_mean", "layer4.0.conv3.weight", "layer4.0.downsample.1.weight"):
+            assert torch.equal(got[key], donors[file_name][key]), (flag, key)
+        assert torch.equal(got["layer6.conv2d_list.0.weight"], fresh["layer6.conv2d_list.0.weight"])
+    for bad in ("torchvision:", "torchvision:NOPE"):
+        args = train.get_args_parser().parse_args(["--restore-from", bad, "--resnet-layers", "1,1,1,1"])
+        with pytest.raises(ValueError, match="torchvision"):
+            train.restore_segmentation_weights(build_model("DeepLab", 19, layers=LAYERS), args)
+
+
 def test_restore_discriminators_from_files(tmp_path):
     seed_everything(2)
     d1, d2 = FCDiscriminator(19), FCDiscriminator(19)

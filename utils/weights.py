@@ -35,6 +35,7 @@ __all__ = [
     "CheckpointMismatchError",
     "RestoreReport",
     "is_none_restore",
+    "torchvision_restore_weights",
     "is_url",
     "load_state_dict_from",
     "restore_init",
@@ -106,6 +107,31 @@ class RestoreReport:
 def is_none_restore(value: Any) -> bool:
     """True when ``--restore-from`` means "no weights": None, "", "none", "null" (any case, surrounding spaces)."""
     return value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))
+
+
+#: ``--restore-from torchvision`` (or ``torchvision:<WEIGHTS>``, e.g. ``torchvision:IMAGENET1K_V2``).
+TORCHVISION_RESTORE = "torchvision"
+
+
+def torchvision_restore_weights(value: Any) -> str | None:
+    """The torchvision weights name that ``--restore-from`` asks for, or None when it names a file or URL.
+
+    ``"torchvision"`` -> ``"IMAGENET1K_V1"`` (the weights torchvision's own ``pretrained=True`` meant);
+    ``"torchvision:IMAGENET1K_V2"`` -> ``"IMAGENET1K_V2"``. Case-insensitive prefix, surrounding spaces ignored;
+    the name is checked against the model's weights enum by :func:`torchvision_init`.
+    """
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    head, sep, name = text.partition(":")
+    if head.lower() != TORCHVISION_RESTORE:
+        return None
+    if not sep:
+        return "IMAGENET1K_V1"
+    if not name.strip():
+        raise ValueError(f"--restore-from {value!r}: expected 'torchvision' or 'torchvision:<WEIGHTS>', "
+                         "e.g. torchvision:IMAGENET1K_V1")
+    return name.strip().upper()
 
 
 def is_url(value: str | Path) -> bool:
