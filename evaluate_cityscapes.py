@@ -37,6 +37,7 @@ from dataset.checks import DatasetError, open_rgb
 from dataset.cityscapes_dataset import cityscapes_image_path, cityscapesDataSet, gtfine_name
 from dataset.crosscity_dataset import CITIES, CrossCityDataSet, crosscity_gt_name, crosscity_image_dir
 from dataset.labels import IMG_MEAN, colorize_mask, colorize_rgb, load_info
+from dataset.settings import TARGETS, resolve_setting
 from model import build_model, model_outputs
 from model.resnet import RESNET101_LAYERS
 from utils.metrics import (
@@ -317,16 +318,14 @@ def evaluate(args: argparse.Namespace) -> np.ndarray | None:
         raise ValueError(f"--num-classes must be in 1..256 (predictions are 8-bit PNGs), got {args.num_classes}")
     if args.json and not args.gt_dir:
         raise ValueError("--json needs --gt-dir (the IoU table is what it stores)")
-    crosscity = getattr(args, "target", "cityscapes") == "crosscity"
+    target = getattr(args, "target", "cityscapes")
+    crosscity = target == "crosscity"
     city = getattr(args, "city", None)
-    if crosscity and city is None:
-        raise ValueError(f"--target crosscity needs --city ({', '.join(CITIES)})")
-    if not crosscity and city is not None:
-        raise ValueError(f"--city {city} applies to --target crosscity only")
+    resolve_setting(None, target, city)  # --target crosscity needs --city, and --city needs it
     classes = getattr(args, "classes", None)
     if classes is not None and not args.gt_dir:
         raise ValueError("--classes needs --gt-dir (it selects the classes of the IoU table)")
-    classes = classes if classes is not None else (13 if crosscity else 19)
+    classes = classes if classes is not None else TARGETS[target].eval_classes
     restore_from = resolve_restore_from(args)
     device = select_device(args.cpu, args.gpu)
     save_dir = check_writable_dir(args.save, "--save")
@@ -334,7 +333,7 @@ def evaluate(args: argparse.Namespace) -> np.ndarray | None:
         check_writable_dir(Path(args.json).resolve().parent, "--json")
 
     if crosscity:  # the labelled Test split by default; every image of it unless a list is given
-        cc_set = "test" if args.set in ("val", "test") else args.set
+        cc_set = TARGETS["crosscity"].eval_set if args.set in ("val", "test") else args.set
         data_list = None if args.data_list == DATA_LIST_PATH else args.data_list
         dataset = CrossCityDataSet(args.data_dir, city, data_list, crop_size=tuple(args.input_size), mean=IMG_MEAN,
                                    scale=False, mirror=False, ignore_label=args.ignore_label, set=cc_set)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from dataset.checks import DatasetError
 from dataset.cityscapes_dataset import cityscapesDataSet
 from dataset.labels import IMG_MEAN, colorize_rgb
-from dataset.settings import CITIES, SOURCES, TARGETS
+from dataset.settings import CITIES, SOURCES, TARGETS, resolve_setting
 from model import FCDiscriminator, build_model
 from model.deeplab_vgg import vgg16_to_deeplab_features
 from utils.cli import parse_layers, parse_size
@@ -310,11 +310,7 @@ def validate_args(args: argparse.Namespace) -> None:
     """Fill the per-setting defaults (:func:`apply_setting_defaults`), then raise ``ValueError`` naming the flag for
     values the run cannot use (before any work)."""
     apply_setting_defaults(args)
-    city = getattr(args, "city", None)
-    if args.target == "crosscity" and city is None:
-        raise ValueError(f"--target crosscity needs --city ({', '.join(CITIES)})")
-    if args.target != "crosscity" and city is not None:
-        raise ValueError(f"--city {city} applies to --target crosscity only (--target is {args.target})")
+    resolve_setting(getattr(args, "source", "gta5"), args.target, getattr(args, "city", None))
     if getattr(args, "source", "gta5") == args.target == "cityscapes":
         logger.warning("--source cityscapes --target cityscapes: adapting Cityscapes to itself")
     for flag in ("batch_size", "iter_size", "num_steps", "num_steps_stop", "save_pred_every", "log_every",

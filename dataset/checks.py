@@ -41,6 +41,11 @@ class DatasetError(ValueError):
     """A dataset input is missing, unreadable or of the wrong kind. The message names the file."""
 
 
+class LabelFormatError(DatasetError):
+    """A label file reads fine but is not in the dataset's label format (e.g. converted to RGB, or a 16-bit
+    SYNTHIA label re-saved as 8 bits): its class ids are lost. The message names the file and ends with a hint."""
+
+
 def format_paths(paths: Sequence[str | Path], limit: int = MAX_LISTED) -> str:
     """The first ``limit`` paths, one per indented line, then "... and N more"."""
     shown = [f"    {p}" for p in list(paths)[:limit]]
@@ -148,7 +153,7 @@ def check_label_mode(img: Image.Image, path: str | Path, hint: str = GTA5_LABEL_
     nothing, without any error. So it is refused.
     """
     if img.mode not in LABEL_MODES:
-        raise DatasetError(f"label {path} has mode {img.mode!r}, expected 'P' or 'L'. {hint}")
+        raise LabelFormatError(f"label {path} has mode {img.mode!r}, expected 'P' or 'L'. {hint}")
 
 
 def open_label(path: str | Path, hint: str = GTA5_LABEL_HINT) -> Image.Image:
@@ -187,4 +192,4 @@ def check_label_modes_sample(paths: Sequence[str | Path], hint: str = GTA5_LABEL
             raise DatasetError(f"cannot read label {path}: {exc} (the file is unreadable or truncated: "
                                "re-download or re-extract it)") from None
         if mode not in LABEL_MODES:
-            raise DatasetError(f"label {path} has mode {mode!r}, expected 'P' or 'L'. {hint}")
+            raise LabelFormatError(f"label {path} has mode {mode!r}, expected 'P' or 'L'. {hint}")

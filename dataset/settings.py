@@ -64,6 +64,9 @@ class TargetSetting:
     eval_classes: int
     #: the source of the paper's setting for this target, used when ``--source`` is not given
     default_source: str
+    #: the labelled split that evaluation reads, and its list file (``None``: every image of the split)
+    eval_set: str
+    eval_list: Optional[str]
 
 
 SOURCES: dict[str, SourceSetting] = {
@@ -79,10 +82,33 @@ SOURCES: dict[str, SourceSetting] = {
 
 TARGETS: dict[str, TargetSetting] = {
     "cityscapes": TargetSetting("Cityscapes", cityscapesDataSet, (1024, 512), "./data/Cityscapes/data",
-                                "./dataset/cityscapes_list/train.txt", 19, "gta5"),
+                                "./dataset/cityscapes_list/train.txt", 19, "gta5", "val",
+                                "./dataset/cityscapes_list/val.txt"),
     "crosscity": TargetSetting("Cross-City (NTHU)", CrossCityDataSet, (1024, 512), "./data/NTHU_Datasets", None,
-                               13, "cityscapes"),
+                               13, "cityscapes", "test", None),
 }
+
+
+def resolve_setting(source: str | None, target: str, city: str | None) -> str:
+    """The source of a ``--source`` / ``--target`` / ``--city`` combination, checked.
+
+    ``source=None``: the target's paper setting (gta5 for cityscapes, cityscapes for crosscity). Raises
+    ``ValueError`` naming the flag for an unknown name, ``--target crosscity`` without ``--city``, or ``--city``
+    with another target. The training script and ``tools/check_data.py`` both go through here.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"--target {target!r}: unknown target; expected one of {', '.join(TARGETS)}")
+    if source is None:
+        source = TARGETS[target].default_source
+    if source not in SOURCES:
+        raise ValueError(f"--source {source!r}: unknown source; expected one of {', '.join(SOURCES)}")
+    if target == "crosscity" and city is None:
+        raise ValueError(f"--target crosscity needs --city ({', '.join(CITIES)})")
+    if target != "crosscity" and city is not None:
+        raise ValueError(f"--city {city} applies to --target crosscity only (--target is {target})")
+    if city is not None and city not in CITIES:
+        raise ValueError(f"--city {city!r}: unknown Cross-City city; expected one of {', '.join(CITIES)}")
+    return source
 
 
 def eval_classes(source: str, target: str) -> int:
@@ -90,4 +116,4 @@ def eval_classes(source: str, target: str) -> int:
     return min(SOURCES[source].eval_classes, TARGETS[target].eval_classes)
 
 
-__all__ = ["SourceSetting", "TargetSetting", "SOURCES", "TARGETS", "CITIES", "eval_classes"]
+__all__ = ["SourceSetting", "TargetSetting", "SOURCES", "TARGETS", "CITIES", "eval_classes", "resolve_setting"]

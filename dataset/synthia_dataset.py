@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataset.checks import DatasetError
+from dataset.checks import DatasetError, LabelFormatError
 from dataset.labels import SYNTHIA2TRAIN
 from dataset.source_dataset import LabelledSourceDataSet, train_id_passthrough_table
 
@@ -63,8 +63,8 @@ def read_synthia_label(path: str | Path) -> np.ndarray:
                            "re-extract it)")
     if arr.dtype != np.uint16 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         channels = 1 if arr.ndim == 2 else arr.shape[2]
-        raise DatasetError(f"label {path} is a {arr.dtype.itemsize * 8}-bit PNG with {channels} channel(s), "
-                           f"expected 16 bits and 3 or 4 channels. {SYNTHIA_LABEL_HINT}")
+        raise LabelFormatError(f"label {path} holds {arr.dtype.itemsize * 8}-bit samples in {channels} "
+                               f"channel(s), expected 16 bits and 3 or 4 channels. {SYNTHIA_LABEL_HINT}")
     return arr[:, :, 2]  # B, G, R(, A): the PNG's first channel is the third of OpenCV's
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset.checks import DatasetError
+from dataset.checks import DatasetError, LabelFormatError
 from dataset.cityscapes_dataset import CityscapesDataSet, cityscapesDataSet
 from dataset.gta5_dataset import SCALE_RANGE, GTA5DataSet
 from tools.make_synthetic_data import make_synthetic_datasets
@@ -407,7 +407,7 @@ def test_cityscapes_rgb_gtfine_label_refused(tmp_path):
     save_rgb(bad, np.zeros((2, 2, 3)))
     (tmp_path / "l.txt").write_text(name + "\n")
     ds = cityscapesDataSet(tmp_path, tmp_path / "l.txt", crop_size=(2, 2), return_label=True)
-    with pytest.raises(DatasetError, match=r"lindau_000000_000019_gtFine_labelIds\.png has mode 'RGB'"):
+    with pytest.raises(LabelFormatError, match=r"lindau_000000_000019_gtFine_labelIds\.png has mode 'RGB'"):
         ds[0]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dataset.checks import DatasetError
+from dataset.checks import DatasetError, LabelFormatError
 from dataset.cityscapes_source_dataset import CityscapesSourceDataSet
 from dataset.crosscity_dataset import CrossCityDataSet
 from dataset.synscapes_dataset import SynscapesDataSet
@@ -215,7 +215,7 @@ def test_clear_errors(data, tmp_path, monkeypatch):
     Image.new("RGB", (8, 8)).save(root / "RGB" / "0000000.png")
     Image.new("RGB", (8, 8)).save(root / "GT" / "LABELS" / "0000000.png")
     ds = SYNTHIADataSet(root, crop_size=(8, 8))
-    with pytest.raises(DatasetError, match=r"0000000.png is a 8-bit PNG with 3 channel.*expected 16 bits"):
+    with pytest.raises(LabelFormatError, match=r"0000000.png holds 8-bit samples in 3 channel.*expected 16 bits"):
         ds[0]
     good = (other.synthia_root / "GT" / "LABELS" / "0000000.png").read_bytes()
     (root / "GT" / "LABELS" / "0000000.png").write_bytes(good[: len(good) // 2])

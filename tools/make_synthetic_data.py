@@ -519,6 +519,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"Cross-City (--target crosscity --city {other.city} --data-dir-target): {other.crosscity_root}")
         print(f"Cross-City devkit (compute_iou.py --classes 13): {other.crosscity_devkit_dir}")
         print(f"Cross-City ground truth (compute_iou.py):        {other.crosscity_gt_dir}")
+        print("check them with:")
+        print(f"  python tools/check_data.py --source synthia --data-dir {other.synthia_root} --skip-target")
+        print(f"  python tools/check_data.py --source synscapes --data-dir {other.synscapes_root} --skip-target")
+        print(f"  python tools/check_data.py --target crosscity --city {other.city} "
+              f"--data-dir-target {other.crosscity_root} --skip-source")
     return 0
 
 
