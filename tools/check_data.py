@@ -555,14 +555,23 @@ def check_datasets(
     return report
 
 
-def _listed_section(report: Report, title: str, root, list_path, what: str, download_hint: str):
-    """A section for a dataset read through a list file: ``(section, names)``, names None after a setup error."""
+def _new_section(report: Report, title: str, root, list_path, what: str, download_hint: str):
+    """Append a section for ``root``: ``(section, True)``, or ``(section, False)`` with a setup error (naming
+    ``what`` and how to get the data) when ``root`` is not a directory."""
     s = SectionReport(title, Path(root), Path(list_path) if list_path is not None else None)
     report.sections.append(s)
     try:
         check_root(root, what)
     except DatasetError as exc:
         s.add("setup", f"{exc}: {download_hint}")
+        return s, False
+    return s, True
+
+
+def _listed_section(report: Report, title: str, root, list_path, what: str, download_hint: str):
+    """A section for a dataset read through a list file: ``(section, names)``, names None after a setup error."""
+    s, ok = _new_section(report, title, root, list_path, what, download_hint)
+    if not ok:
         return s, None
     if list_path is None:
         s.add("setup", f"{title} needs a list file (none given)")
@@ -588,12 +597,9 @@ def _check_labelled_source(report: Report, source: str, data_dir, data_list, com
     (which also checks the label format) and ``label_table`` (decoded value -> trainId)."""
     setting, check = SOURCES[source], SOURCE_CHECKS[source]
     title = setting.title + (" (source)" if source in TARGETS else "")
-    s = SectionReport(title, Path(data_dir), Path(data_list) if data_list is not None else None)
-    report.sections.append(s)
-    try:
-        check_root(data_dir, f"{setting.title} data directory (--data-dir)")
-    except DatasetError as exc:
-        s.add("setup", f"{exc}: {check.download}")
+    s, ok = _new_section(report, title, data_dir, data_list, f"{setting.title} data directory (--data-dir)",
+                         check.download)
+    if not ok:
         return
     try:
         dataset = setting.dataset(data_dir, data_list, check_files=False)
@@ -656,12 +662,9 @@ def _check_cityscapes_target(report: Report, data_dir_target, data_list_target, 
 def _crosscity_section(report: Report, root, city: str, set: str, list_path, return_label: bool):
     """A Cross-City section and its ``CrossCityDataSet`` (``check_files=False``: names and paths only), or
     ``(section, None)`` after a setup error."""
-    s = SectionReport(f"Cross-City {city} {set}", Path(root), Path(list_path) if list_path is not None else None)
-    report.sections.append(s)
-    try:
-        check_root(root, "Cross-City data directory (--data-dir-target)")
-    except DatasetError as exc:
-        s.add("setup", f"{exc}: {CROSSCITY_DOWNLOAD}")
+    s, ok = _new_section(report, f"Cross-City {city} {set}", root, list_path,
+                         "Cross-City data directory (--data-dir-target)", CROSSCITY_DOWNLOAD)
+    if not ok:
         return s, None
     try:
         image_dir = crosscity_image_dir(root, city, set)
