@@ -26,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from utils.files import atomic_write, check_writable_dir
 from utils.metrics import (
     CLASS_SUBSETS,
     MAX_LISTED,
@@ -356,8 +357,6 @@ def write_json(path: str | Path, result: IoUResult, classes: int | None = None, 
         **extra,
     )
     text = json.dumps(data, indent=1)
-    from utils.runtime import atomic_write  # imports torch: only when --json is given
-
     atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
 
 
@@ -381,8 +380,6 @@ def compute_mIoU(
     """
     subset_indices(read_devkit(resolve_devkit_dir(devkit_dir)).names, classes)  # a bad subset fails before work
     if json_path is not None:
-        from utils.runtime import check_writable_dir  # imports torch: only when --json is given
-
         check_writable_dir(Path(json_path).resolve().parent, "--json")
     result = evaluate_dirs(gt_dir, pred_dir, devkit_dir, workers=workers, skip_mismatched=skip_mismatched,
                            progress=progress, executor=executor)

@@ -53,7 +53,8 @@ from utils.metrics import (
     subset_result_dict,
 )
 from utils.cli import parse_layers, parse_size
-from utils.runtime import atomic_write, check_writable_dir, select_device
+from utils.device import select_device
+from utils.files import atomic_write, check_writable_dir
 from utils.weights import (
     RELEASED_WEIGHTS,
     CheckpointMismatchError,

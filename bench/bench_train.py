@@ -1,5 +1,6 @@
 """Benchmark: the training iteration of train_gta2cityscapes_multi.py (fp32 / --amp / --amp --channels-last) against a
-straightforward port of the original loop, plus the faithful SGD step (listing loop vs foreach rounds).
+straightforward port of the original loop (``tests/original_port.py``), plus the faithful SGD step against PyTorch
+0.4's loop over the listing.
 
 Each variant trains ``--iters`` timed iterations (after ``--warmup``) on generated data in the real folder layouts
 (``tools/make_synthetic_data.py``), through the script's own data pipeline and its real ``train_step`` (the script
@@ -54,11 +55,14 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "tests"))
+
 import train_gta2cityscapes_multi as train  # noqa: E402
+from original_port import SGD04, OriginalIteration  # noqa: E402  (tests/original_port.py)
 from tools.make_synthetic_data import make_synthetic_datasets  # noqa: E402
 from utils.cli import parse_size  # noqa: E402
-from utils.optim import FaithfulSGD, adjust_learning_rate, lr_poly  # noqa: E402
-from utils.runtime import configure_backends, seed_everything  # noqa: E402
+from utils.device import configure_backends, seed_everything  # noqa: E402
+from utils.optim import FaithfulSGD  # noqa: E402
 
 #: Dense (no sparsity) bf16 tensor-core peak in TFLOP/s by device-name substring; first match wins.
 BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -246,129 +250,35 @@ def train_argv(args: argparse.Namespace, data, extra: list[str]) -> list[str]:
     return argv
 
 
-# ---- the original loop, ported --------------------------------------------------------------------------------------
+# ---- the original loop, ported (tests/original_port.py) ----------------------------------------------------------
 
 
 class OriginalPort:
-    """The original ``train_gta2cityscapes_multi.py`` iteration (PyTorch 0.4 branch) as a straightforward port would
-    write it today; no hooks, no resumable sampler, no faithful optimizers."""
+    """The original iteration (:class:`original_port.OriginalIteration`: PyTorch 0.4's SGD and Adam, the original's
+    ``CrossEntropy2d``, ``nn.Upsample``, ``.item()`` on every loss) on the same model class, data and sizes, with the
+    original's ``DataLoader(shuffle=True, pin_memory=True)``."""
 
     def __init__(self, targs: argparse.Namespace, device: torch.device) -> None:
         source_set, target_set = train.build_datasets(targs)
         seed_everything(targs.random_seed)
-        model, model_D1, model_D2 = train.build_networks(targs, device)
-        self.model, self.model_D1, self.model_D2 = model, model_D1, model_D2
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.optim warns about the duplicate listing
-            self.optimizer = torch.optim.SGD(model.optim_parameters(targs), lr=targs.learning_rate,
-                                             momentum=targs.momentum, weight_decay=targs.weight_decay)
-        self.optimizer_D1 = torch.optim.Adam(model_D1.parameters(), lr=targs.learning_rate_D, betas=(0.9, 0.99))
-        self.optimizer_D2 = torch.optim.Adam(model_D2.parameters(), lr=targs.learning_rate_D, betas=(0.9, 0.99))
+        self.port = OriginalIteration(*train.build_networks(targs, device), targs)
         pin = device.type == "cuda"
-        loader = torch.utils.data.DataLoader(source_set, batch_size=targs.batch_size, shuffle=True,
-                                             num_workers=targs.num_workers, pin_memory=pin)
-        target_loader = torch.utils.data.DataLoader(target_set, batch_size=targs.batch_size, shuffle=True,
-                                                    num_workers=targs.num_workers, pin_memory=pin)
-        self.trainloader_iter = TimedIterator(enumerate(loader))
-        self.targetloader_iter = TimedIterator(enumerate(target_loader))
-        w, h = targs.input_size
-        wt, ht = targs.input_size_target
-        self.interp = nn.Upsample(size=(h, w), mode="bilinear", align_corners=True)
-        self.interp_target = nn.Upsample(size=(ht, wt), mode="bilinear", align_corners=True)
-        self.bce_loss = nn.BCEWithLogitsLoss()
-        self.criterion = nn.CrossEntropyLoss(ignore_index=255)
-        self.args, self.device = targs, device
+        loaders = [torch.utils.data.DataLoader(ds, batch_size=targs.batch_size, shuffle=True,
+                                               num_workers=targs.num_workers, pin_memory=pin)
+                   for ds in (source_set, target_set)]
+        self.source = TimedIterator(((images, labels) for images, labels, _, _ in loaders[0]))
+        self.target = TimedIterator((images for images, _, _ in loaders[1]))
+        self.device = device
 
     @property
     def wait(self) -> float:
-        return self.trainloader_iter.wait + self.targetloader_iter.wait
+        return self.source.wait + self.target.wait
 
     def close(self) -> None:
         pass
 
     def iteration(self, i_iter: int) -> None:
-        a, device = self.args, self.device
-        model, model_D1, model_D2 = self.model, self.model_D1, self.model_D2
-        source_label, target_label = 0, 1
-        loss_seg_value1 = loss_adv_target_value1 = loss_D_value1 = 0.0
-        loss_seg_value2 = loss_adv_target_value2 = loss_D_value2 = 0.0
-        self.optimizer.zero_grad()
-        adjust_learning_rate(self.optimizer, lr_poly(a.learning_rate, i_iter, a.num_steps, a.power))
-        self.optimizer_D1.zero_grad()
-        self.optimizer_D2.zero_grad()
-        lr_d = lr_poly(a.learning_rate_D, i_iter, a.num_steps, a.power)
-        adjust_learning_rate(self.optimizer_D1, lr_d)
-        adjust_learning_rate(self.optimizer_D2, lr_d)
-        for _ in range(a.iter_size):
-            # train G: don't accumulate grads in D
-            for param in model_D1.parameters():
-                param.requires_grad = False
-            for param in model_D2.parameters():
-                param.requires_grad = False
-            # train with source
-            _, batch = next(self.trainloader_iter)
-            images, labels, _, _ = batch
-            images = images.to(device)
-            pred1, pred2 = model(images)
-            pred1 = self.interp(pred1)
-            pred2 = self.interp(pred2)
-            loss_seg1 = self.criterion(pred1, labels.long().to(device))
-            loss_seg2 = self.criterion(pred2, labels.long().to(device))
-            loss = loss_seg2 + a.lambda_seg * loss_seg1
-            loss = loss / a.iter_size
-            loss.backward()
-            loss_seg_value1 += loss_seg1.item() / a.iter_size
-            loss_seg_value2 += loss_seg2.item() / a.iter_size
-            # train with target
-            _, batch = next(self.targetloader_iter)
-            images, _, _ = batch
-            images = images.to(device)
-            pred_target1, pred_target2 = model(images)
-            pred_target1 = self.interp_target(pred_target1)
-            pred_target2 = self.interp_target(pred_target2)
-            D_out1 = model_D1(F.softmax(pred_target1, dim=1))
-            D_out2 = model_D2(F.softmax(pred_target2, dim=1))
-            loss_adv_target1 = self.bce_loss(D_out1, torch.FloatTensor(D_out1.size()).fill_(source_label).to(device))
-            loss_adv_target2 = self.bce_loss(D_out2, torch.FloatTensor(D_out2.size()).fill_(source_label).to(device))
-            loss = a.lambda_adv_target1 * loss_adv_target1 + a.lambda_adv_target2 * loss_adv_target2
-            loss = loss / a.iter_size
-            loss.backward()
-            loss_adv_target_value1 += loss_adv_target1.item() / a.iter_size
-            loss_adv_target_value2 += loss_adv_target2.item() / a.iter_size
-            # train D: bring back requires_grad
-            for param in model_D1.parameters():
-                param.requires_grad = True
-            for param in model_D2.parameters():
-                param.requires_grad = True
-            # train with source
-            pred1 = pred1.detach()
-            pred2 = pred2.detach()
-            D_out1 = model_D1(F.softmax(pred1, dim=1))
-            D_out2 = model_D2(F.softmax(pred2, dim=1))
-            loss_D1 = self.bce_loss(D_out1, torch.FloatTensor(D_out1.size()).fill_(source_label).to(device))
-            loss_D2 = self.bce_loss(D_out2, torch.FloatTensor(D_out2.size()).fill_(source_label).to(device))
-            loss_D1 = loss_D1 / a.iter_size / 2
-            loss_D2 = loss_D2 / a.iter_size / 2
-            loss_D1.backward()
-            loss_D2.backward()
-            loss_D_value1 += loss_D1.item()
-            loss_D_value2 += loss_D2.item()
-            # train with target
-            pred_target1 = pred_target1.detach()
-            pred_target2 = pred_target2.detach()
-            D_out1 = model_D1(F.softmax(pred_target1, dim=1))
-            D_out2 = model_D2(F.softmax(pred_target2, dim=1))
-            loss_D1 = self.bce_loss(D_out1, torch.FloatTensor(D_out1.size()).fill_(target_label).to(device))
-            loss_D2 = self.bce_loss(D_out2, torch.FloatTensor(D_out2.size()).fill_(target_label).to(device))
-            loss_D1 = loss_D1 / a.iter_size / 2
-            loss_D2 = loss_D2 / a.iter_size / 2
-            loss_D1.backward()
-            loss_D2.backward()
-            loss_D_value1 += loss_D1.item()
-            loss_D_value2 += loss_D2.item()
-        self.optimizer.step()
-        self.optimizer_D1.step()
-        self.optimizer_D2.step()
+        self.port.step(self.source, self.target, i_iter, self.device)
 
 
 # ---- ours: the script's own set-up and train_step ------------------------------------------------------------------
@@ -381,10 +291,8 @@ class Ours:
         source_set, target_set = train.build_datasets(targs)
         seed_everything(targs.random_seed)
         self.setup = train.build_training(targs, device)
-        source_loader, _ = train.build_loader(source_set, targs, device, 0, salt=0)
-        target_loader, _ = train.build_loader(target_set, targs, device, 0, salt=1)
-        self.source = TimedIterator(train._source_batches(source_loader))
-        self.target = TimedIterator(train._target_batches(target_loader))
+        self.source = TimedIterator(train.source_batches(train.build_loader(source_set, targs, device, 0, salt=0)))
+        self.target = TimedIterator(train.target_batches(train.build_loader(target_set, targs, device, 0, salt=1)))
 
     @property
     def wait(self) -> float:
@@ -428,12 +336,18 @@ def count_flops(args: argparse.Namespace, input_size, input_size_target) -> int:
         warnings.simplefilter("ignore")
         setup = train.build_training(targs, meta)
     calls = []
-    setup.backward = lambda loss: (calls.append(1), loss.backward())
+
+    class CountingScaler:  # the step's backward passes go through scaler.scale(loss).backward()
+        def scale(self, loss):
+            calls.append(1)
+            return loss
 
     def stop(_losses):
         raise _BackwardDone
 
-    setup.reduce_losses = stop
+    setup.scaler = CountingScaler()
+    reduce, train.all_reduce_mean_ = train.all_reduce_mean_, stop  # reached right after the last backward
+    autocast, torch.autocast = torch.autocast, lambda *a, **k: contextlib.nullcontext()  # it rejects "meta"
     b = args.batch_size
     (w, h), (wt, ht) = input_size, input_size_target
     source = iter([(torch.empty(b, 3, h, w, device=meta), torch.zeros(b, h, w, device=meta))] * args.iter_size)
@@ -444,6 +358,8 @@ def count_flops(args: argparse.Namespace, input_size, input_size_target) -> int:
             train.train_step(setup, source, target, 0)
         except _BackwardDone:
             pass
+        finally:
+            train.all_reduce_mean_, torch.autocast = reduce, autocast
     expected = (6 if setup.use_aux else 4) * args.iter_size
     if len(calls) != expected:
         raise RuntimeError(f"FLOP count incomplete: {len(calls)} of {expected} backward passes ran")
@@ -454,9 +370,10 @@ def count_flops(args: argparse.Namespace, input_size, input_size_target) -> int:
 
 
 def bench_optimizer(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Time ``step()`` of FaithfulSGD's implementations (the listing loop it had before, foreach rounds, per
-    parameter) and of ``torch.optim.SGD`` on the duplicate listing (the port's), on the DeeplabMulti of
-    ``--resnet-layers`` with fixed random gradients; check the reordered ones end bitwise equal to the loop."""
+    """Time ``step()`` of the faithful SGD (each parameter's listings back to back), of PyTorch 0.4's loop over the
+    listing (the port's :class:`original_port.SGD04`) and of today's ``torch.optim.SGD`` on the same duplicate
+    listing, on the DeeplabMulti of ``--resnet-layers`` with fixed random gradients; checks that FaithfulSGD ends
+    bitwise equal to the 0.4 loop."""
     from model import DeeplabMulti
 
     layers = tuple(int(v) for v in args.resnet_layers.split(","))
@@ -467,24 +384,17 @@ def bench_optimizer(args: argparse.Namespace, device: torch.device) -> list[dict
         if p.requires_grad and ".conv2d_list.2." not in name and ".conv2d_list.3." not in name:
             grads[name] = torch.randn_like(p) * 1e-3
     init = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    auto = "foreach" if device.type == "cuda" else "per_param"
-
-    def faithful(impl):
-        return lambda: FaithfulSGD(net.optim_parameters(2.5e-4), lr=2.5e-4, momentum=0.9, weight_decay=5e-4,
-                                   impl=impl)
-
-    impls: dict[str, tuple[str | None, Callable[[], torch.optim.Optimizer]]] = {
-        "FaithfulSGD listing loop (before)": ("listing", faithful("listing")),
-        "FaithfulSGD foreach rounds": ("foreach", faithful("foreach")),
-        "FaithfulSGD per parameter": ("per_param", faithful("per_param")),
-        "torch.optim.SGD on the listing (port)": (None, lambda: torch.optim.SGD(
-            net.optim_parameters(2.5e-4), lr=2.5e-4, momentum=0.9, weight_decay=5e-4)),
+    kw = dict(lr=2.5e-4, momentum=0.9, weight_decay=5e-4)
+    impls: dict[str, Callable[[], Any]] = {
+        "PyTorch 0.4 loop over the listing (port)": lambda: SGD04(net.optim_parameters(2.5e-4), **kw),
+        "FaithfulSGD (per parameter; used)": lambda: FaithfulSGD(net.optim_parameters(2.5e-4), **kw),
+        "torch.optim.SGD on the listing": lambda: torch.optim.SGD(net.optim_parameters(2.5e-4), **kw),
     }
     listing = sum(len(g["params"]) for g in net.optim_parameters(1.0))
     results: dict[str, list[float]] = {k: [] for k in impls}
     finals = {}
     for _ in range(max(1, args.rounds)):
-        for name, (_, make) in impls.items():
+        for name, make in impls.items():
             net.load_state_dict(init)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -500,17 +410,14 @@ def bench_optimizer(args: argparse.Namespace, device: torch.device) -> list[dict
                 _sync(device)
                 results[name].append(time.perf_counter() - t0)
             finals[name] = {k: v.detach().clone() for k, v in net.named_parameters()}
-    loop = "FaithfulSGD listing loop (before)"
+    loop, ours = list(impls)[:2]
     base = min(results[loop])
     rows = []
-    for name, (impl, _) in impls.items():
+    for name in impls:
         best = min(results[name])
-        same = None
-        if impl in ("foreach", "per_param"):
-            same = all(torch.equal(finals[loop][k], v) for k, v in finals[name].items())
-        rows.append({"optimizer": name, "impl": impl, "used_by_auto": impl == auto, "ms_per_step": best * 1e3,
-                     "median_ms": statistics.median(results[name]) * 1e3, "speedup_vs_loop": base / best,
-                     "listing_entries": listing, "bitwise_equal_to_loop": same})
+        same = all(torch.equal(finals[loop][k], v) for k, v in finals[name].items()) if name == ours else None
+        rows.append({"optimizer": name, "ms_per_step": best * 1e3, "median_ms": statistics.median(results[name]) * 1e3,
+                     "speedup_vs_loop": base / best, "listing_entries": listing, "bitwise_equal_to_loop": same})
     return rows
 
 
@@ -686,12 +593,11 @@ def print_report(result: dict[str, Any]) -> None:
         o = result["optimizer"]
         print(f"\n# optimizer step of the segmentation network ({o[0]['listing_entries']} listing entries), best of "
               f"{s['optimizer_repeats']} x {s['rounds']}")
-        print("| optimizer | ms/step | median ms | speed-up vs loop | bitwise = loop | impl='auto' here |")
-        print("|---|---|---|---|---|---|")
+        print("| optimizer | ms/step | median ms | speed-up vs the 0.4 loop | bitwise = the 0.4 loop |")
+        print("|---|---|---|---|---|")
         for r in o:
             print(f"| {r['optimizer']} | {r['ms_per_step']:.1f} | {r['median_ms']:.1f} | "
-                  f"{r['speedup_vs_loop']:.2f}x | {_fmt(r['bitwise_equal_to_loop'], '')} | "
-                  f"{'yes' if r['used_by_auto'] else ''} |")
+                  f"{r['speedup_vs_loop']:.2f}x | {_fmt(r['bitwise_equal_to_loop'], '')} |")
 
 
 if __name__ == "__main__":

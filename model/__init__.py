@@ -50,7 +50,7 @@ def build_model(
 
     ``all_branches``/``freeze_bn_stats``/``layers`` go to the ResNet models; for ``DeeplabVGG`` (no BatchNorm, no
     ResNet blocks) ``freeze_bn_stats`` and a non-default ``layers`` are ignored with a warning, so scripts can pass
-    their flags unconditionally. Other keywords go to the constructor (e.g. ``pretrained``, ``vgg16_caffe_path``).
+    their flags unconditionally. Other keywords go to the constructor.
     Raises ``ValueError`` listing the choices for an unknown name.
     """
     if name in ("DeepLab", "DeeplabMulti"):

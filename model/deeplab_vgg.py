@@ -7,16 +7,12 @@ dilation 4, padding 4), ReLU, fc7 (3x3, 1024 -> 1024, dilation 4, padding 4), Re
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from model.resnet import ASPP_DILATIONS, Classifier_Module, _learning_rate
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["DeeplabVGG", "vgg16_to_deeplab_features", "VGG16_CFG"]
 
@@ -93,23 +89,17 @@ class DeeplabVGG(nn.Module):
     ``h = floor(floor(floor(H / 2) / 2) / 2)`` (three 2x2 pools without ceil mode; everything after keeps the size),
     the same for ``w``. Input as for the ResNet models (BGR, mean-subtracted, no std).
 
+    Random initialisation (torchvision's VGG init; fc6/fc7 PyTorch's default). The original constructor could read
+    a Caffe-converted VGG-16 file (``vgg16_caffe_path``); here weights come as state_dicts, through
+    ``utils.weights`` (``--restore-from`` with a torchvision-layout VGG-16 file, or ``torchvision``), which maps
+    them with :func:`vgg16_to_deeplab_features`.
+
     Args:
         num_classes: output classes.
-        vgg16_caffe_path: with ``pretrained``, a file (or URL) holding a torchvision-layout VGG-16 state_dict (the
-            original used a Caffe-converted one); its ``features`` initialise ours.
-        pretrained: initialise the VGG part from ``vgg16_caffe_path`` or, when that is None, from torchvision's
-            ``VGG16_Weights.IMAGENET1K_V1`` (downloads; expects RGB /255 std-normalised input, unlike the Caffe
-            weights -- see the README). Default: random init (torchvision's VGG init; fc6/fc7 PyTorch's default).
         all_branches: sum all four classifier branches (deviation, opt-in; see ``Classifier_Module``).
     """
 
-    def __init__(
-        self,
-        num_classes: int,
-        vgg16_caffe_path: str | Path | None = None,
-        pretrained: bool = False,
-        all_branches: bool = False,
-    ) -> None:
+    def __init__(self, num_classes: int, all_branches: bool = False) -> None:
         super().__init__()
         self.num_classes = num_classes
         layers = [m for i, m in enumerate(_vgg16_features_layers()) if i not in _DROPPED_VGG_INDICES]
@@ -122,50 +112,14 @@ class DeeplabVGG(nn.Module):
         fc7 = nn.Conv2d(1024, 1024, kernel_size=3, padding=4, dilation=4)
         self.features = nn.Sequential(*layers, fc6, nn.ReLU(inplace=True), fc7, nn.ReLU(inplace=True))
         self.classifier = Classifier_Module(1024, ASPP_DILATIONS, ASPP_DILATIONS, num_classes, all_branches)
-        if pretrained:
-            self.load_vgg16(vgg16_caffe_path)
-
-    def load_vgg16(self, path_or_url: str | Path | None = None) -> None:
-        """Copy VGG-16 ``features`` weights into ours (see :func:`vgg16_to_deeplab_features`).
-
-        ``path_or_url`` None: torchvision's ImageNet weights (``VGG16_Weights.IMAGENET1K_V1``, downloaded into the
-        torch.hub cache with its hash check).
-        """
-        from utils.weights import load_state_dict_from  # here: utils.weights imports model lazily too
-
-        if path_or_url is None:
-            from torchvision.models import VGG16_Weights
-
-            url = VGG16_Weights.IMAGENET1K_V1.url
-            state = load_state_dict_from(url, flag="torchvision VGG16_Weights.IMAGENET1K_V1")
-            source = f"torchvision VGG16_Weights.IMAGENET1K_V1 ({url})"
-        else:
-            state = load_state_dict_from(path_or_url, flag="vgg16_caffe_path")
-            source = str(path_or_url)
-        mapped = vgg16_to_deeplab_features(state, source=source)
-        result = self.load_state_dict(mapped, strict=False)
-        assert not result.unexpected_keys, result.unexpected_keys
-        logger.info("DeeplabVGG: VGG-16 features initialised from %s (fc6, fc7, classifier keep their init)", source)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
-    def optim_parameters(self, lr_or_args: Any, classifier_10x: bool = False) -> list[dict[str, Any]]:
-        """Parameter groups for SGD.
+    def optim_parameters(self, lr_or_args: Any) -> list[dict[str, Any]]:
+        """FAITHFUL: ONE parameter group with every parameter at ``lr`` (the original's ``optim_parameters``
+        returned ``self.parameters()``, and its ``adjust_learning_rate`` sets a 10x rate only when a second group
+        exists, so VGG's classifier never got one). No parameter is listed twice."""
+        return [{"params": list(self.parameters()), "lr": _learning_rate(lr_or_args)}]
 
-        Default (faithful): ONE group with every parameter at ``lr`` -- the original's ``optim_parameters``
-        returned ``self.parameters()``, and its ``adjust_learning_rate`` only sets a 10x rate when a second group
-        exists. ``classifier_10x=True`` (deviation, opt-in): ``features`` at ``lr``, ``classifier`` at ``10 * lr``,
-        as for the ResNet models. No parameter is listed twice either way.
-        """
-        lr = _learning_rate(lr_or_args)
-        if not classifier_10x:
-            return [{"params": list(self.parameters()), "lr": lr}]
-        return [
-            {"params": list(self.features.parameters()), "lr": lr},
-            {"params": list(self.classifier.parameters()), "lr": 10 * lr},
-        ]
-
-    def optim_parameters_dedup(self, lr_or_args: Any, classifier_10x: bool = False) -> list[dict[str, Any]]:
-        """Same as :meth:`optim_parameters` (VGG lists no parameter twice)."""
-        return self.optim_parameters(lr_or_args, classifier_10x=classifier_10x)
+    optim_parameters_dedup = optim_parameters  # nothing to deduplicate

@@ -15,7 +15,7 @@ import torch
 
 import train_gta2cityscapes_multi as train
 from tools.make_synthetic_data import make_synthetic_datasets
-from utils.runtime import configure_backends, resolve_amp_dtype, seed_everything
+from utils.device import configure_backends, resolve_amp_dtype, seed_everything
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -26,7 +26,7 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _setup(*extra: str, seed: int = 0) -> train.TrainingSetup:
+def _setup(*extra: str, seed: int = 0) -> train.Trainer:
     args = train.get_args_parser().parse_args(
         ["--restore-from", "none", "--resnet-layers", "1,1,1,1", "--input-size", "40,32",
          "--input-size-target", "32,32", "--cpu", "--learning-rate", "1e-2", "--learning-rate-D", "1e-3", *extra])
@@ -72,8 +72,7 @@ def _record_dtypes(setup) -> dict[str, list]:
     """Forward hooks noting the dtypes that reach the losses, the networks' outputs and D2's first conv."""
     seen: dict[str, list] = {"seg_loss_in": [], "adv_loss_in": [], "model_out": [], "D2_in": [], "D2_out": []}
     setup.seg_loss.register_forward_pre_hook(lambda m, a: seen["seg_loss_in"].append(a[0].dtype))
-    inner_adv = setup.adv_loss.loss if isinstance(setup.adv_loss, train.Float32Loss) else setup.adv_loss
-    inner_adv.register_forward_pre_hook(lambda m, a: seen["adv_loss_in"].append(a[0].dtype))
+    setup.adv_loss.register_forward_pre_hook(lambda m, a: seen["adv_loss_in"].append(a[0].dtype))
     setup.model.layer6.register_forward_hook(lambda m, a, out: seen["model_out"].append(out.dtype))
     setup.model_D2.conv1.register_forward_pre_hook(lambda m, a: seen["D2_in"].append(a[0].dtype))
     setup.model_D2.register_forward_hook(lambda m, a, out: seen["D2_out"].append(out.dtype))
@@ -92,14 +91,13 @@ def test_default_has_no_autocast_and_float32_everywhere():
     setup = _setup()
     seen = _record_dtypes(setup)
     train.train_step(setup, *_batches(), i_iter=0)
-    assert setup.scaler is None and setup.memory_format == torch.preserve_format
-    assert not isinstance(setup.adv_loss, train.Float32Loss)
+    assert not setup.scaler.is_enabled() and setup.amp_dtype is None and setup.memory_format == torch.preserve_format
     assert set(sum(seen.values(), [])) == {torch.float32}
 
 
 def test_bfloat16_autocast_what_stays_float32(fp32_update):
     setup = _setup("--amp")
-    assert setup.scaler is None  # bfloat16 has float32's exponent range: no scaler
+    assert not setup.scaler.is_enabled()  # bfloat16 has float32's exponent range: no scaler
     seen = _record_dtypes(setup)
     upd, losses = _update(setup)
     # the networks compute in bfloat16 ...

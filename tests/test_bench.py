@@ -30,7 +30,7 @@ def test_bench_train_tiny(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     for variant in ("original port", "fp32", "amp", "amp+channels-last"):
         assert f"| {variant} |" in proc.stdout
-    assert "| FaithfulSGD per parameter |" in proc.stdout
+    assert "| FaithfulSGD (per parameter; used) |" in proc.stdout
     result = json.loads(out.read_text())
     assert [r["variant"] for r in result["rows"]] == ["original port", "fp32", "amp", "amp+channels-last"]
     for r in result["rows"]:
@@ -40,9 +40,8 @@ def test_bench_train_tiny(tmp_path):
         assert r["flops_per_iter"] > 0 and r["pct_of_bf16_peak"] is None  # CPU: no bf16 peak to compare with
     assert result["paper_flops_per_iter"] > 100 * result["rows"][0]["flops_per_iter"]
     assert result["machine"]["bf16_peak_tflops"] is None and result["date"] and result["command"]
-    opt = {r["impl"]: r for r in result["optimizer"]}
-    assert opt["foreach"]["bitwise_equal_to_loop"] and opt["per_param"]["bitwise_equal_to_loop"]
-    assert opt["per_param"]["used_by_auto"] and not opt["foreach"]["used_by_auto"]  # on the CPU
+    opt = {r["optimizer"]: r for r in result["optimizer"]}
+    assert opt["FaithfulSGD (per parameter; used)"]["bitwise_equal_to_loop"] is True
 
 
 def test_flop_count_of_the_paper_setting_matches_the_issue():

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import train_gta2cityscapes_multi as train
+import train_with_hooks
 from model import FCDiscriminator, build_model
 from tiny_training import make_tiny_data, one_thread  # noqa: F401 (one_thread: a fixture)
 from tiny_training import train_argv as _argv
-from utils.runtime import seed_everything
+from utils.device import seed_everything
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +44,7 @@ def data(tmp_path_factory):
 def _torchrun(data, snap: Path, *extra: str, timeout: int = 120) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           str(REPO / "train_gta2cityscapes_multi.py"), *_argv(data, snap, *extra)]
+           str(REPO / "tests" / "train_with_hooks.py"), *_argv(data, snap, *extra)]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -64,7 +64,7 @@ def _initial_model() -> dict[str, torch.Tensor]:
 
 def test_two_ranks_equal_weights_one_file_set_and_the_iter_size_equivalent(data, tmp_path):
     snap, dump = tmp_path / "ddp", tmp_path / "dump"
-    proc = _torchrun(data, snap, "--debug-dump-ranks", str(dump))
+    proc = _torchrun(data, snap, "--dump-ranks", str(dump))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # one set of files, written once (rank 0): snapshots at 2 and at the stop (4), the state, the arguments
     assert sorted(p.name for p in snap.iterdir()) == [
@@ -90,8 +90,7 @@ def test_two_ranks_equal_weights_one_file_set_and_the_iter_size_equivalent(data,
     # The same run in one process with --iter-size 2 sees the same two images per iteration.
     single = tmp_path / "single"
     with redirect_stdout(io.StringIO()) as out:
-        rc = train.main(train.get_args_parser().parse_args(
-            _argv(data, single, "--iter-size", "2", "--debug-dump-ranks", str(single))))
+        rc = train_with_hooks.run(_argv(data, single, "--iter-size", "2", "--dump-ranks", str(single)))
     assert rc == 0
     ref = _load(single / "rank0.pth")
     ref_lines = [line for line in out.getvalue().splitlines() if line.startswith("iter =")]
@@ -111,11 +110,11 @@ def test_two_ranks_equal_weights_one_file_set_and_the_iter_size_equivalent(data,
 
 
 def test_signal_to_one_rank_stops_both_single_level(data, tmp_path):
-    """--debug-signal-at under torchrun signals the last rank only: both stop after that iteration, rank 0 saves
+    """--signal-at (tests/train_with_hooks.py) under torchrun signals the last rank only: both stop after that iteration, rank 0 saves
     the state and says so once. Single-level setting: layer5 and D1 are never used, DDP leaves them untouched."""
     snap = tmp_path / "snap"
     proc = _torchrun(data, snap, "--lambda-seg", "0", "--lambda-adv-target1", "0", "--num-steps-stop", "6",
-                     "--save-pred-every", "100", "--debug-signal-at", "1")
+                     "--save-pred-every", "100", "--signal-at", "1")
     err = proc.stderr
     assert proc.returncode != 0  # torchrun reports the workers' exit status 128 + SIGTERM as a failure
     assert re.search(rf"exitcode\s*:\s*{128 + signal.SIGTERM}\b", err), err[-3000:]  # the signalled rank's status

@@ -454,14 +454,13 @@ def test_optim_parameters_groups():
         m.optim_parameters("fast")
 
 
-def test_vgg_optim_parameters_faithful_single_group_and_opt_in():
+def test_vgg_optim_parameters_faithful_single_group():
+    """The original's VGG optim_parameters returned every parameter in one group: no 10x classifier rate."""
     vgg = DeeplabVGG(num_classes=3)
     (group,) = vgg.optim_parameters(SimpleNamespace(learning_rate=1e-3))
     assert group["lr"] == 1e-3 and [id(p) for p in group["params"]] == [id(p) for p in vgg.parameters()]
-    feats, cls = vgg.optim_parameters(1e-3, classifier_10x=True)
-    assert (feats["lr"], cls["lr"]) == (1e-3, pytest.approx(1e-2))
-    assert [id(p) for p in cls["params"]] == [id(p) for p in vgg.classifier.parameters()]
-    assert len(feats["params"]) == 30
+    assert len(group["params"]) == 30 + 8  # 13 convs + fc6 + fc7 (weight, bias each), 4 classifier branches
+    assert vgg.optim_parameters_dedup(1e-3)[0]["params"] == group["params"]
 
 
 # ---- build_model / model_outputs --------------------------------------------------------------------------------

@@ -226,79 +226,94 @@ def test_lr_poly_values_and_group_scaling():
     assert [g["lr"] for g in single.param_groups] == [0.5]
 
 
-# ---- the reordered implementations (foreach rounds, per parameter) against the one-listing-at-a-time loop ----------
+# ---- FaithfulSGD (each parameter's listings back to back) against the one-listing-at-a-time loop ---------------------
 
 
-def test_listing_rounds():
-    assert FaithfulSGD.listing_rounds([0, 1, 0, 2, 0, 2]) == [[0, 1, 2], [0, 2], [0]]
-    assert FaithfulSGD.listing_rounds([3, 3, 3]) == [[3], [3], [3]]
-    assert FaithfulSGD.listing_rounds([]) == []
-    with pytest.raises(ValueError, match="invalid impl"):
-        FaithfulSGD([torch.zeros(1, requires_grad=True)], lr=0.1, impl="fused")
+class ListingLoopSGD:
+    """The reference: PyTorch 0.4's SGD loop over a parameter list with duplicates, one listing at a time, with the
+    same in-place tensor ops (so the comparison can be bitwise). ``groups``: [(listed params, lr)]."""
+
+    def __init__(self, groups, momentum, dampening, weight_decay, nesterov):
+        self.groups, self.buf = groups, {}
+        self.momentum, self.dampening, self.wd, self.nesterov = momentum, dampening, weight_decay, nesterov
+
+    @torch.no_grad()
+    def step(self):
+        for listed, lr in self.groups:
+            for p in listed:
+                if p.grad is None:
+                    continue
+                d_p = p.grad
+                if self.wd != 0:
+                    d_p.add_(p, alpha=self.wd)
+                if self.momentum != 0:
+                    if id(p) not in self.buf:
+                        buf = self.buf[id(p)] = d_p.clone()
+                    else:
+                        buf = self.buf[id(p)]
+                        buf.mul_(self.momentum).add_(d_p, alpha=1 - self.dampening)
+                    d_p = d_p.add(buf, alpha=self.momentum) if self.nesterov else buf
+                p.add_(d_p, alpha=-lr)
+
+    def zero_grad(self):
+        for listed, _ in self.groups:
+            for p in listed:
+                if p.grad is not None:
+                    p.grad.zero_()
 
 
-@pytest.mark.parametrize("impl", ["foreach", "per_param", "auto"])
 @pytest.mark.parametrize("momentum, dampening, nesterov, wd", [(0.9, 0.0, False, 0.05), (0.9, 0.0, True, 5e-4),
                                                                 (0.5, 0.3, False, 0.0), (0.0, 0.0, False, 0.05)])
-def test_reordered_impls_equal_listing_loop_bitwise_small(impl, momentum, dampening, nesterov, wd):
+def test_per_parameter_order_equals_listing_loop_bitwise_small(momentum, dampening, nesterov, wd):
     params = _make_params()
     twin = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
-
-    def build(ps, impl):
-        groups = [{"params": [ps[n] for n in LISTING[0]], "lr": 0.01},
-                  {"params": [ps[n] for n in LISTING[1]], "lr": 0.1}]
-        return FaithfulSGD(groups, lr=0.01, momentum=momentum, dampening=dampening, weight_decay=wd,
-                           nesterov=nesterov, impl=impl)
-
-    _run_optimizer(build(params, impl), params, steps=3)
-    _run_optimizer(build(twin, "listing"), twin, steps=3)
+    opt = FaithfulSGD([{"params": [params[n] for n in LISTING[0]], "lr": 0.01},
+                       {"params": [params[n] for n in LISTING[1]], "lr": 0.1}], lr=0.01, momentum=momentum,
+                      dampening=dampening, weight_decay=wd, nesterov=nesterov)
+    ref = ListingLoopSGD([([twin[n] for n in LISTING[0]], 0.01), ([twin[n] for n in LISTING[1]], 0.1)],
+                         momentum, dampening, wd, nesterov)
+    _run_optimizer(opt, params, steps=3)
+    _run_optimizer(ref, twin, steps=3)
     for k in params:
         assert torch.equal(params[k].detach(), twin[k].detach()), k
         if params[k].grad is not None:
             assert torch.equal(params[k].grad, twin[k].grad), k  # the decay accumulated in the gradient too
 
 
-def test_reordered_impls_equal_listing_loop_bitwise_on_deeplab_multi():
+def test_per_parameter_order_equals_listing_loop_bitwise_on_deeplab_multi():
     """The real listing (ResNet blocks 1,1,1,1: convs listed 3-4 times, unused classifier branches without
     gradients), real gradients, 2 steps with momentum and weight decay: parameters, gradients (with their
-    accumulated decay) and momentum buffers bitwise equal for every implementation."""
+    accumulated decay) and momentum buffers bitwise equal to the listing loop."""
+    from model import DeeplabMulti
+
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: one thread is as fast and does not spin against other work
     try:
-        _deeplab_impls_vs_loop()
+        torch.manual_seed(0)
+        nets = [DeeplabMulti(19, layers=(1, 1, 1, 1)) for _ in range(2)]
+        nets[1].load_state_dict(nets[0].state_dict())
+        opt = FaithfulSGD(nets[0].optim_parameters(1e-2), lr=1e-2, momentum=0.9, weight_decay=5e-4)
+        ref = ListingLoopSGD([(g["params"], g["lr"]) for g in nets[1].optim_parameters(1e-2)], 0.9, 0.0, 5e-4, False)
+        assert len(opt.param_groups[0]["listing"]) > len(opt.param_groups[0]["params"])  # duplicates
+        g = torch.Generator().manual_seed(1)
+        for step in range(2):
+            x = torch.randn(1, 3, 33, 41, generator=g) * 50
+            for net, o in zip(nets, (opt, ref)):
+                o.zero_grad()
+                aux, main = net(x)
+                (main.square().mean() + 0.1 * aux.square().mean() + (step + 1) * main.mean()).backward()
+                o.step()
     finally:
         torch.set_num_threads(threads)
-
-
-def _deeplab_impls_vs_loop():
-    from model import DeeplabMulti
-
-    impls = ("listing", "foreach", "per_param")
-    torch.manual_seed(0)
-    nets = [DeeplabMulti(19, layers=(1, 1, 1, 1)) for _ in impls]
-    for net in nets[1:]:
-        net.load_state_dict(nets[0].state_dict())
-    opts = [FaithfulSGD(net.optim_parameters(1e-2), lr=1e-2, momentum=0.9, weight_decay=5e-4, impl=impl)
-            for net, impl in zip(nets, impls)]
-    assert len(opts[0].param_groups[0]["listing"]) > len(opts[0].param_groups[0]["params"])  # duplicates
-    g = torch.Generator().manual_seed(1)
-    for step in range(2):
-        x = torch.randn(1, 3, 33, 41, generator=g) * 50
-        for net, opt in zip(nets, opts):
-            opt.zero_grad()
-            aux, main = net(x)
-            (main.square().mean() + 0.1 * aux.square().mean() + (step + 1) * main.mean()).backward()
-            opt.step()
-    named = [dict(net.named_parameters()) for net in nets]
-    assert named[0]["layer6.conv2d_list.2.weight"].grad is None  # the unused branch never got a gradient
-    for other, opt in zip(named[1:], opts[1:]):
-        for k, p in named[0].items():
-            q = other[k]
-            assert torch.equal(p.detach(), q.detach()), (opt.impl, k)
-            assert (p.grad is None) == (q.grad is None), k
-            if p.grad is not None:
-                assert torch.equal(p.grad, q.grad), (opt.impl, k)
-                assert torch.equal(opts[0].state[p]["momentum_buffer"], opt.state[q]["momentum_buffer"]), k
+    ours, theirs = dict(nets[0].named_parameters()), dict(nets[1].named_parameters())
+    assert ours["layer6.conv2d_list.2.weight"].grad is None  # the unused branch never got a gradient
+    for k, p in ours.items():
+        q = theirs[k]
+        assert torch.equal(p.detach(), q.detach()), k
+        assert (p.grad is None) == (q.grad is None), k
+        if p.grad is not None:
+            assert torch.equal(p.grad, q.grad), k
+            assert torch.equal(opt.state[p]["momentum_buffer"], ref.buf[id(q)]), k
 
 
 def test_lazy_zero_grad_decays_like_in_place_zeroing():

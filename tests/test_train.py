@@ -18,7 +18,8 @@ from model import DeeplabMulti, FCDiscriminator, build_model
 from tiny_training import make_tiny_data, one_thread  # noqa: F401 (one_thread: a fixture)
 from tiny_training import train_argv as _argv
 from utils.optim import lr_poly
-from utils.runtime import seed_everything
+from utils.device import seed_everything
+from utils.weights import restore_segmentation_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 REPO = Path(__file__).resolve().parents[1]
@@ -222,9 +223,18 @@ def test_resume_equals_straight_run(data, reference, tmp_path):
     _assert_same_weights(snap, half, 4)
 
 
-def test_signal_saves_state_and_resume_equals_straight_run(data, reference, tmp_path, capsys):
+def test_signal_saves_state_and_resume_equals_straight_run(data, reference, tmp_path, capsys, monkeypatch):
     snap, _ = reference
-    rc = _run(data, tmp_path, *REFERENCE, "--debug-signal-at", "1")
+    step = train.train_step
+
+    def signalled_step(t, source, target, i_iter, **kw):  # a SIGTERM arrives during iteration 1
+        if i_iter == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(t, source, target, i_iter, **kw)
+
+    monkeypatch.setattr(train, "train_step", signalled_step)
+    rc = _run(data, tmp_path, *REFERENCE)
+    monkeypatch.undo()
     err = capsys.readouterr().err
     assert rc == 128 + signal.SIGTERM
     assert "SIGTERM: saved the training state after iteration 1" in err
@@ -284,8 +294,15 @@ def test_killed_process_resumes_to_the_straight_result(data, tmp_path, sig, work
     _assert_same_weights(run_dir, straight, stop)
 
 
-def test_non_finite_loss_stops_and_keeps_last_snapshot(data, tmp_path, capsys):
-    rc = _run(data, tmp_path, "--num-steps-stop", "6", "--debug-nan-at", "3")
+def test_non_finite_loss_stops_and_keeps_last_snapshot(data, tmp_path, capsys, monkeypatch):
+    batches = train.source_batches
+
+    def corrupt_fourth(loader):  # the 4th source batch (iteration 3) holds NaN pixels
+        for k, (images, labels) in enumerate(batches(loader)):
+            yield (images * float("nan") if k == 3 else images), labels
+
+    monkeypatch.setattr(train, "source_batches", corrupt_fourth)
+    rc = _run(data, tmp_path, "--num-steps-stop", "6")
     err = capsys.readouterr().err
     assert rc == 1
     assert "non-finite loss at iteration 3: loss_seg1 = nan" in err
@@ -310,14 +327,16 @@ def _setup(argv_extra: list[str], seed: int = 0):
     args = train.get_args_parser().parse_args(
         ["--restore-from", "none", "--resnet-layers", "1,1,1,1", "--input-size", "40,32",
          "--input-size-target", "32,32", "--cpu", *argv_extra])
+    train.validate_args(args)
     seed_everything(seed)
     return train.build_training(args, torch.device("cpu"))
 
 
-def test_single_level_shortcut_leaves_main_path_unchanged(data, tmp_path):
+def test_single_level_shortcut_leaves_main_path_unchanged(data, tmp_path, monkeypatch):
     single = ("--lambda-seg", "0", "--lambda-adv-target1", "0", "--lambda-adv-target2", "0.01", "--num-steps-stop", "2")
     assert _run(data, tmp_path / "shortcut", *single) == 0
-    assert _run(data, tmp_path / "full", *single, "--debug-full-step") == 0
+    monkeypatch.setattr(train, "is_single_level", lambda args: False)  # the full step, as the original ran it
+    assert _run(data, tmp_path / "full", *single) == 0
     a, b = _load(tmp_path / "shortcut" / "GTA5_2.pth"), _load(tmp_path / "full" / "GTA5_2.pth")
     main_path = [k for k in a if not k.startswith("layer5.")]
     assert any(k.startswith("layer6.") for k in main_path) and any(k.startswith("layer4.") for k in main_path)
@@ -398,7 +417,7 @@ def test_restore_from_init_file_and_not_restore_last(tmp_path):
         seed_everything(0)
         model = build_model("DeepLab", 19, layers=LAYERS)
         fresh = {k: v.clone() for k, v in model.state_dict().items()}
-        train.restore_segmentation_weights(model, args)
+        restore_segmentation_weights(model, args.restore_from, "DeepLab", 19, args.not_restore_last)
         got = model.state_dict()
         assert torch.equal(got["layer4.0.conv1.weight"], donor.state_dict()["layer4.0.conv1.weight"])
         assert torch.equal(got["layer5.conv2d_list.0.weight"], fresh["layer5.conv2d_list.0.weight"])  # 19 classes
@@ -427,7 +446,7 @@ def test_restore_from_torchvision_reads_the_hub_cache(tmp_path, monkeypatch):
         seed_everything(0)
         model = build_model("DeepLab", 19, layers=LAYERS)
         fresh = {k: v.clone() for k, v in model.state_dict().items()}
-        train.restore_segmentation_weights(model, args)
+        restore_segmentation_weights(model, args.restore_from, "DeepLab", 19, args.not_restore_last)
         got = model.state_dict()
         for key in ("conv1.weight", "bn1.running_mean", "layer4.0.conv3.weight", "layer4.0.downsample.1.weight"):
             assert torch.equal(got[key], donors[file_name][key]), (flag, key)
@@ -435,7 +454,7 @@ def test_restore_from_torchvision_reads_the_hub_cache(tmp_path, monkeypatch):
     for bad in ("torchvision:", "torchvision:NOPE"):
         args = train.get_args_parser().parse_args(["--restore-from", bad, "--resnet-layers", "1,1,1,1"])
         with pytest.raises(ValueError, match="torchvision"):
-            train.restore_segmentation_weights(build_model("DeepLab", 19, layers=LAYERS), args)
+            restore_segmentation_weights(build_model("DeepLab", 19, layers=LAYERS), args.restore_from, "DeepLab", 19)
 
 
 def test_restore_discriminators_from_files(tmp_path):
@@ -473,6 +492,7 @@ def test_model_aliases_accepted():
     parser = train.get_args_parser()
     assert parser.parse_args(["--model", "DeeplabMulti"]).model == "DeeplabMulti"
     defaults = parser.parse_args([])
+    train.fill_setting_defaults(defaults)
     assert defaults.input_size == (1280, 720) and defaults.input_size_target == (1024, 512)
     assert defaults.restore_from == train.RESTORE_FROM and defaults.num_steps_stop == 150000
     assert defaults.gan == "Vanilla" and defaults.model == "DeepLab" and defaults.resume is None
@@ -560,7 +580,7 @@ def test_restore_from_trained_snapshot_loads_as_is(tmp_path):
         seed_everything(0)
         model = build_model("DeepLab", 19, layers=LAYERS)
         fresh = {k: v.clone() for k, v in model.state_dict().items()}
-        train.restore_segmentation_weights(model, args)
+        restore_segmentation_weights(model, args.restore_from, "DeepLab", 19, args.not_restore_last)
         got = model.state_dict()
         for k in got:
             expected = fresh[k] if not_last and k.startswith(("layer5.", "layer6.")) else donor[k]

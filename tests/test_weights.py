@@ -368,7 +368,8 @@ def test_vgg_init_from_file_and_torchvision_init(tmp_path):
     path = tmp_path / "vgg16_caffe.pth"
     torch.save(tv, path)
     ours_of_theirs = {0: 0, 2: 2, 5: 5, 7: 7, 10: 10, 12: 12, 14: 14, 17: 17, 19: 19, 21: 21, 23: 24, 25: 26, 27: 28}
-    model = DeeplabVGG(num_classes=19, vgg16_caffe_path=path, pretrained=True)
+    model = DeeplabVGG(num_classes=19)
+    W.restore_segmentation_weights(model, str(path), "DeeplabVGG", 19)  # the training script's --restore-from rule
     after = model.state_dict()
     for ours, theirs in ours_of_theirs.items():
         assert torch.equal(after[f"features.{ours}.weight"], tv[f"features.{theirs}.weight"])
@@ -381,4 +382,4 @@ def test_vgg_init_from_file_and_torchvision_init(tmp_path):
     del tv["features.28.bias"]
     torch.save(tv, path)
     with pytest.raises(ValueError, match=r"vgg16_caffe\.pth: not a torchvision VGG-16 state_dict.*features\.28\.bias"):
-        DeeplabVGG(num_classes=19, vgg16_caffe_path=path, pretrained=True)
+        W.restore_segmentation_weights(DeeplabVGG(num_classes=19), str(path), "DeeplabVGG", 19)

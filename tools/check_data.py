@@ -724,7 +724,7 @@ def clean_list_name(title: str) -> str:
 def write_clean_lists(report: Report, out_dir: str | Path) -> list[Path]:
     """Write, per checked section, the list entries (or found images) without errors to
     ``out_dir/<title>.txt`` (:func:`clean_list_name`); each can be passed as the section's list flag."""
-    from utils.runtime import atomic_write
+    from utils.files import atomic_write
 
     written = []
     for s in report.sections:

@@ -40,7 +40,7 @@ from PIL import Image
 
 from dataset.labels import INFO_JSON, LABEL2TRAIN, PALETTE, SYNTHIA_TO_TRAIN
 from utils.cli import parse_size
-from utils.runtime import atomic_write
+from utils.files import atomic_write
 
 TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne")
 VAL_CITIES = ("frankfurt", "lindau", "munster")

@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dataset.cityscapes_dataset import cityscapes_image_path, gtfine_name
 from dataset.labels import CLASS_NAMES, LABEL2TRAIN, NUM_CLASSES, PALETTE, colorize_rgb
-from utils.runtime import atomic_write
+from utils.files import atomic_write
 
 #: Bar colours of the runs in a chart, in order (cycled beyond six runs). Not class colours.
 RUN_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))

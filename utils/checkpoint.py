@@ -1,39 +1,48 @@
-"""Training snapshots and the resumable training state.
+"""Snapshots, the resumable training state, and the stop-signal handling of a training run.
 
 Two kinds of files, both written atomically (temporary file, then rename: a crash or SIGKILL mid-write leaves the
 previous file or none, never a half-written one):
 
 * the original's snapshots ``GTA5_<i>.pth``, ``GTA5_<i>_D1.pth``, ``GTA5_<i>_D2.pth``: plain ``state_dict``\\ s of the
   unwrapped networks, loadable by the original's evaluation script and by ours;
-* one full training state (default ``resume.pth`` in the snapshot dir): the three networks, the three optimizers
-  (with the faithful optimizers' listings and buffers), the next iteration, the RNG states, the data-order positions
-  and the arguments. Everything in it loads with ``torch.load(weights_only=True)``.
+* one full training state (``resume.pth`` in the snapshot dir): the three networks, the three optimizers (with the
+  faithful optimizers' listings and buffers), the next iteration, the RNG states, the data-order positions and the
+  arguments. Everything in it loads with ``torch.load(weights_only=True)``.
+
+Library code only: nothing here parses arguments or prints, except :class:`StopRequest`'s one line to stderr when a
+signal arrives (the user pressed Ctrl-C and must learn what happens next).
 """
 from __future__ import annotations
 
 import logging
 import random
+import signal
+import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.runtime import atomic_torch_save
+from utils.distributed import get_world_size, unwrap
+from utils.files import atomic_torch_save
+from utils.weights import load_checkpoint
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RESUME_FORMAT", "DEFAULT_RESUME_NAME", "unwrap", "snapshot_paths", "save_snapshot", "capture_rng_state",
-           "restore_rng_state", "save_training_state", "load_training_state", "find_resume_file"]
-
 RESUME_FORMAT = "adaptsegnet-train-state/1"
-DEFAULT_RESUME_NAME = "resume.pth"
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under a ``DistributedDataParallel``/``DataParallel`` wrapper (or ``model`` itself)."""
-    return getattr(model, "module", model)
+RESUME_NAME = "resume.pth"
+#: The networks and optimizers of a training state, by their keys in the file.
+NETWORK_KEYS = ("model", "model_D1", "model_D2")
+OPTIMIZER_KEYS = ("optimizer", "optimizer_D1", "optimizer_D2")
+#: Arguments whose change between an interrupted run and its resumption changes the result.
+RESUME_SENSITIVE = ("model", "num_classes", "resnet_layers", "all_branches", "freeze_bn_stats", "batch_size",
+                    "iter_size", "learning_rate", "learning_rate_D", "momentum", "weight_decay", "num_steps",
+                    "power", "lambda_seg", "lambda_adv_target1", "lambda_adv_target2", "gan", "random_seed",
+                    "input_size", "input_size_target", "random_mirror", "random_scale", "data_list",
+                    "data_list_target", "modern_optim", "ignore_label", "amp", "amp_dtype", "source", "target", "city")
 
 
 def snapshot_paths(snapshot_dir: str | Path, tag: int | str, prefix: str = "GTA5") -> tuple[Path, Path, Path]:
@@ -47,12 +56,12 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_snapshot(snapshot_dir: str | Path, tag: int | str, model: nn.Module, model_D1: nn.Module,
-                  model_D2: nn.Module, prefix: str = "GTA5") -> tuple[Path, Path, Path]:
-    """Write the three plain state_dicts (unwrapped, on the CPU) as ``<prefix>_<tag>[_D1|_D2].pth`` (default
-    ``GTA5_<tag>...``), atomically."""
+def save_snapshot(snapshot_dir: str | Path, tag: int | str, nets: tuple[nn.Module, nn.Module, nn.Module],
+                  prefix: str = "GTA5") -> tuple[Path, Path, Path]:
+    """Write the plain state_dicts of ``(model, model_D1, model_D2)`` (unwrapped, on the CPU) as
+    ``<prefix>_<tag>[_D1|_D2].pth``, atomically."""
     paths = snapshot_paths(snapshot_dir, tag, prefix)
-    for net, path in zip((model, model_D1, model_D2), paths):
+    for net, path in zip(nets, paths):
         atomic_torch_save(_cpu_state_dict(net), path)
     return paths
 
@@ -88,38 +97,32 @@ def restore_rng_state(state: dict[str, Any]) -> None:
                            len(cuda), torch.cuda.device_count())
 
 
-def save_training_state(path: str | Path, *, next_iter: int, model: nn.Module, model_D1: nn.Module,
-                        model_D2: nn.Module, optimizer: torch.optim.Optimizer,
-                        optimizer_D1: torch.optim.Optimizer, optimizer_D2: torch.optim.Optimizer,
-                        data_positions: dict[str, int], args: dict[str, Any],
-                        extra: dict[str, Any] | None = None) -> Path:
+def save_training_state(path: str | Path, *, next_iter: int, nets: Mapping[str, nn.Module],
+                        optimizers: Mapping[str, torch.optim.Optimizer], data_positions: dict[str, int],
+                        args: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> Path:
     """Write everything needed to continue at iteration ``next_iter`` to ``path`` atomically.
 
-    ``data_positions``: samples consumed per domain (global, all ranks), e.g. ``{"source": 12, "target": 12}``.
-    ``args``: JSON-like dict of the run's arguments (kept to warn when a resume changes them). ``extra``: more
-    entries (e.g. a gradient scaler's state).
+    ``nets``/``optimizers``: by :data:`NETWORK_KEYS` / :data:`OPTIMIZER_KEYS`. ``data_positions``: samples consumed
+    per domain (global, all ranks), e.g. ``{"source": 12, "target": 12}``. ``args``: JSON-like dict of the run's
+    arguments (kept to warn when a resume changes them). ``scaler``: the float16 gradient scaler, when enabled.
     """
     state = {
         "format": RESUME_FORMAT,
         "next_iter": int(next_iter),
-        "model": _cpu_state_dict(model),
-        "model_D1": _cpu_state_dict(model_D1),
-        "model_D2": _cpu_state_dict(model_D2),
-        "optimizer": optimizer.state_dict(),
-        "optimizer_D1": optimizer_D1.state_dict(),
-        "optimizer_D2": optimizer_D2.state_dict(),
-        "optimizer_class": [type(o).__name__ for o in (optimizer, optimizer_D1, optimizer_D2)],
+        **{key: _cpu_state_dict(nets[key]) for key in NETWORK_KEYS},
+        **{key: optimizers[key].state_dict() for key in OPTIMIZER_KEYS},
+        "optimizer_class": [type(optimizers[key]).__name__ for key in OPTIMIZER_KEYS],
         "rng": capture_rng_state(),
         "data_positions": {k: int(v) for k, v in data_positions.items()},
         "args": args,
     }
-    if extra:
-        state.update(extra)
+    if scaler is not None and scaler.is_enabled():
+        state["scaler"] = scaler.state_dict()
     return atomic_torch_save(state, path)
 
 
-def load_training_state(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a file written by :func:`save_training_state` (``weights_only=True``).
+def load_training_state(path: str | Path) -> dict[str, Any]:
+    """Read a file written by :func:`save_training_state` (``weights_only=True``, onto the CPU).
 
     Raises ``FileNotFoundError`` or ``ValueError`` naming ``path`` when it is missing, unreadable, or not a training
     state (e.g. a plain ``GTA5_<i>.pth`` snapshot, which has no optimizer state to resume from).
@@ -128,7 +131,7 @@ def load_training_state(path: str | Path, map_location: str | torch.device = "cp
     if not path.is_file():
         raise FileNotFoundError(f"--resume {path}: no such file")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
         raise ValueError(f"--resume {path}: cannot read it as a training state ({exc})") from None
     if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
@@ -138,7 +141,83 @@ def load_training_state(path: str | Path, map_location: str | torch.device = "cp
     return state
 
 
-def find_resume_file(snapshot_dir: str | Path, name: str = DEFAULT_RESUME_NAME) -> Path | None:
+def find_resume_file(snapshot_dir: str | Path) -> Path | None:
     """The training state in ``snapshot_dir`` (``--resume auto``), or ``None`` when there is none yet."""
-    path = Path(snapshot_dir) / name
+    path = Path(snapshot_dir) / RESUME_NAME
     return path if path.is_file() else None
+
+
+def restore_training_state(state: dict[str, Any], path: Path, *, nets: Mapping[str, nn.Module],
+                           optimizers: Mapping[str, torch.optim.Optimizer], scaler: torch.amp.GradScaler,
+                           args: dict[str, Any], model_name: str) -> int:
+    """Load a training state into the networks, optimizers, scaler and RNGs; returns the next iteration.
+
+    Warns for every :data:`RESUME_SENSITIVE` argument that changed (the run will differ from an uninterrupted one)
+    and for a changed number of processes; raises ``ValueError`` when the optimizer classes differ (``--modern-optim``
+    given in one run only) and :class:`~utils.weights.CheckpointMismatchError` when a network does not fit.
+    """
+    saved_args = state.get("args", {})
+    for key in RESUME_SENSITIVE:
+        if key in saved_args and saved_args[key] != args.get(key):
+            logger.warning("--resume %s: --%s was %r, now %r: the run will differ from an uninterrupted one",
+                           path, key.replace("_", "-"), saved_args[key], args.get(key))
+    if saved_args.get("world_size", 1) != get_world_size():
+        logger.warning("--resume %s: saved by a run of %s process(es), now %d: the data order continues, but the "
+                       "effective batch (processes x --batch-size x --iter-size) changes", path,
+                       saved_args.get("world_size", 1), get_world_size())
+    classes = [type(optimizers[key]).__name__ for key in OPTIMIZER_KEYS]
+    if state.get("optimizer_class") != classes:
+        raise ValueError(f"--resume {path}: saved with optimizers {state.get('optimizer_class')}, this run uses "
+                         f"{classes}; pass --modern-optim exactly as in the interrupted run")
+    for key in NETWORK_KEYS:
+        load_checkpoint(nets[key], state[key], model_name=model_name if key == "model" else "FCDiscriminator",
+                        source=f"--resume {path} ({key})")
+    for key in OPTIMIZER_KEYS:
+        optimizers[key].load_state_dict(state[key])
+    if scaler.is_enabled():
+        if "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
+        else:
+            logger.info("--resume %s: no gradient scaler state in it (saved without float16 --amp); starting with "
+                        "a fresh scale", path)
+    restore_rng_state(state["rng"])
+    return int(state["next_iter"])
+
+
+def remove_stale_temporaries(snapshot_dir: Path) -> None:
+    """Delete the temporary files a killed run left behind (``.GTA5_4.pth.x1y2.tmp``, ``.resume.pth.*.tmp``, ...:
+    :func:`utils.files.atomic_write`'s names); the snapshots themselves are always complete."""
+    for tmp in snapshot_dir.glob(".*.tmp"):
+        if tmp.name.startswith((".args.json.", f".{RESUME_NAME}.")) or ".pth." in tmp.name:
+            logger.info("removing %s (left by an interrupted write)", tmp)
+            tmp.unlink(missing_ok=True)
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handler: the first signal asks the loop to stop at the end of the current iteration (after
+    saving a training state); a second one exits at once (atomic writes leave no half-written file).
+
+    Use as a context manager around the training loop; the previous handlers come back on exit.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        print(f"\nreceived {signal.Signals(signum).name}: stopping after this iteration (send it again to stop "
+              "at once)", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()

@@ -23,19 +23,11 @@ under ``"params"`` (what ``torch.optim.Optimizer`` indexes state by) and the ord
 that list, under ``"listing"``; both round-trip through ``state_dict()``.
 
 Speed: the listing's order matters only *per parameter* (each listing of ``p`` touches ``p``, ``p.grad`` and the
-buffer of ``p`` alone), so :class:`FaithfulSGD` may reorder the work across parameters as long as each parameter
-sees its own listings' ops in order; every such order gives bitwise the result of walking the listing one entry at a
-time (tested). Two orders are implemented (``impl``):
-
-* ``"foreach"``: "listing round ``j``" -- the ``j``-th listing of every parameter listed at least ``j`` times -- with
-  one ``torch._foreach_*`` call per elementwise op: a few multi-tensor kernels per round instead of 4 small kernels
-  per listing (ResNet-101: 330 listings). The fast order on CUDA, where kernel launches dominate.
-* ``"per_param"``: each parameter's listings back to back, so ``p``, its gradient and its buffer stay in the CPU
-  caches across the ops. The fast order on the CPU, where the step is memory-bound (and the round-wise order, which
-  streams every tensor once per op, is slower than the original loop).
-
-``"auto"`` (default) takes ``"foreach"`` when the parameters are on CUDA, else ``"per_param"``; ``"listing"`` is the
-reference loop over the listing as given.
+buffer of ``p`` alone), so :class:`FaithfulSGD` runs each parameter's listings back to back, which keeps ``p``, its
+gradient and its buffer in the CPU caches across the ops: bitwise the result of walking the listing one entry at a
+time (``tests/test_optim.py`` keeps that loop as the reference) and 1.26x faster on the CPU (``BENCHMARKS.md``).
+A multi-tensor (``torch._foreach_*``) variant was tried and removed: it was slower on the CPU (0.68x) and no GPU
+measurement exists to justify it.
 """
 from __future__ import annotations
 
@@ -95,13 +87,10 @@ class FaithfulSGD(Optimizer):
 
     ``zero_grad`` has 0.4's in-place semantics by default (``set_to_none=False``), so a parameter that once had a
     gradient keeps being decayed even in an iteration that gives it none (implemented lazily, see :meth:`zero_grad`).
-
-    ``impl``: the order of the work across parameters, ``"auto"`` (default), ``"foreach"``, ``"per_param"`` or
-    ``"listing"`` (see the module docstring); all give bitwise the same result.
     """
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
-                 weight_decay: float = 0.0, nesterov: bool = False, impl: str = "auto") -> None:
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
         if lr < 0.0:
             raise ValueError(f"invalid learning rate: {lr}")
         if momentum < 0.0:
@@ -111,13 +100,8 @@ class FaithfulSGD(Optimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("nesterov momentum requires a momentum and zero dampening")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov)
-        if impl not in self.IMPLS:
-            raise ValueError(f"invalid impl {impl!r}: expected one of {', '.join(self.IMPLS)}")
-        self.impl = impl
         self._zeroed: dict[int, torch.Tensor] = {}  # parameters whose gradient zero_grad() released
         super().__init__(_as_param_groups(params), defaults)
-
-    IMPLS = ("auto", "foreach", "per_param", "listing")
 
     def add_param_group(self, param_group: dict) -> None:
         """Store the distinct parameters under ``"params"`` and the listing order under ``"listing"``."""
@@ -158,57 +142,20 @@ class FaithfulSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        pending = self._zeroed
-        for p in pending.values():  # zeroed by zero_grad() and no gradient since: 0.4 would hold zeros here
+        for p in self._zeroed.values():  # zeroed by zero_grad() and no gradient since: 0.4 would hold zeros here
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        pending.clear()
+        self._zeroed.clear()
         for group in self.param_groups:
-            impl = self.impl
-            if impl == "auto":
-                impl = "foreach" if all(p.is_cuda for p in group["params"]) else "per_param"
-            if impl == "foreach":
-                self._step_group_rounds(group)
-            elif impl == "per_param":
-                self._step_group_per_param(group)
-            else:
-                self._step_group_listings(group)
+            self._step_group(group)
         return loss
 
-    def _step_group_listings(self, group: dict) -> None:
-        """Reference implementation: walk the listing one entry at a time, as PyTorch 0.4's loop did."""
-        weight_decay = group["weight_decay"]
-        momentum = group["momentum"]
-        dampening = group["dampening"]
-        nesterov = group["nesterov"]
-        params = group["params"]
-        for index in group["listing"]:
-            p = params[index]
-            if p.grad is None:
-                continue
-            d_p = p.grad
-            if weight_decay != 0:
-                d_p.add_(p, alpha=weight_decay)  # in place: accumulates across listings
-            if momentum != 0:
-                state = self.state[p]
-                if "momentum_buffer" not in state:
-                    buf = state["momentum_buffer"] = d_p.clone()
-                else:
-                    buf = state["momentum_buffer"]
-                    buf.mul_(momentum).add_(d_p, alpha=1 - dampening)
-                d_p = d_p.add(buf, alpha=momentum) if nesterov else buf
-            p.add_(d_p, alpha=-group["lr"])
-
-    def _step_group_per_param(self, group: dict) -> None:
-        """The same arithmetic as :meth:`_step_group_listings`, each parameter's listings back to back."""
-        weight_decay = group["weight_decay"]
-        momentum = group["momentum"]
-        dampening = group["dampening"]
-        nesterov = group["nesterov"]
-        lr = group["lr"]
-        params = group["params"]
+    def _step_group(self, group: dict) -> None:
+        """Each parameter's listings back to back, in first-listing order (see the module docstring)."""
+        weight_decay, momentum, dampening = group["weight_decay"], group["momentum"], group["dampening"]
+        lr, params = group["lr"], group["params"]
         counts: dict[int, int] = {}
-        for index in group["listing"]:  # first-listing order, with multiplicities
+        for index in group["listing"]:
             counts[index] = counts.get(index, 0) + 1
         for index, times in counts.items():
             p = params[index]
@@ -218,7 +165,7 @@ class FaithfulSGD(Optimizer):
             state = self.state[p] if momentum != 0 else None
             for _ in range(times):
                 if weight_decay != 0:
-                    d_p.add_(p, alpha=weight_decay)
+                    d_p.add_(p, alpha=weight_decay)  # in place: accumulates across listings
                 step = d_p
                 if momentum != 0:
                     if "momentum_buffer" not in state:
@@ -226,60 +173,8 @@ class FaithfulSGD(Optimizer):
                     else:
                         buf = state["momentum_buffer"]
                         buf.mul_(momentum).add_(d_p, alpha=1 - dampening)
-                    step = d_p.add(buf, alpha=momentum) if nesterov else buf
+                    step = d_p.add(buf, alpha=momentum) if group["nesterov"] else buf
                 p.add_(step, alpha=-lr)
-
-    @staticmethod
-    def listing_rounds(listing: list[int]) -> list[list[int]]:
-        """``listing`` (positions, with repeats) -> rounds: round ``j`` holds, in first-listing order, the positions
-        listed at least ``j + 1`` times. E.g. ``[0, 1, 0, 2, 0]`` -> ``[[0, 1, 2], [0], [0]]``."""
-        seen: dict[int, int] = {}
-        rounds: list[list[int]] = []
-        for index in listing:
-            k = seen.get(index, 0)
-            seen[index] = k + 1
-            if k == len(rounds):
-                rounds.append([])
-            rounds[k].append(index)
-        return rounds
-
-    def _step_group_rounds(self, group: dict) -> None:
-        """The same arithmetic as :meth:`_step_group_listings`, one listing round at a time with foreach ops.
-
-        For every parameter the sequence of elementwise ops is unchanged (its listings are processed in order, one
-        per round); only ops on *different* parameters are batched together, which cannot change any value.
-        """
-        weight_decay = group["weight_decay"]
-        momentum = group["momentum"]
-        dampening = group["dampening"]
-        nesterov = group["nesterov"]
-        lr = group["lr"]
-        params = group["params"]
-        for round_ in self.listing_rounds(group["listing"]):
-            ps = [params[i] for i in round_ if params[i].grad is not None]
-            if not ps:
-                continue
-            grads = [p.grad for p in ps]
-            if weight_decay != 0:
-                torch._foreach_add_(grads, ps, alpha=weight_decay)  # in place: accumulates across rounds
-            if momentum != 0:
-                bufs, fresh = [], []
-                for p, g in zip(ps, grads):
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:  # first listing ever: the buffer is a copy of the gradient
-                        state["momentum_buffer"] = g.clone()
-                        fresh.append(p)
-                    bufs.append(state["momentum_buffer"])
-                fresh_ids = {id(p) for p in fresh}
-                old = [(b, g) for p, b, g in zip(ps, bufs, grads) if id(p) not in fresh_ids]
-                if old:
-                    old_bufs, old_grads = [b for b, _ in old], [g for _, g in old]
-                    torch._foreach_mul_(old_bufs, momentum)
-                    torch._foreach_add_(old_bufs, old_grads, alpha=1 - dampening)
-                steps = torch._foreach_add(grads, bufs, alpha=momentum) if nesterov else bufs
-            else:
-                steps = grads
-            torch._foreach_add_(ps, steps, alpha=-lr)
 
 
 class Adam04(Optimizer):

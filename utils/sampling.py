@@ -70,16 +70,6 @@ class ResumableSampler(Sampler[int]):
             yield int(perm[offset])
             position += self.num_replicas
 
-    def state_dict(self) -> dict:
-        return {"dataset_len": self.dataset_len, "seed": self.seed, "salt": self.salt, "start": self.start,
-                "num_replicas": self.num_replicas}
-
-    def set_start(self, start: int) -> None:
-        """Start at global position ``start`` on the next ``iter()`` (used when resuming)."""
-        if start < 0:
-            raise ValueError(f"start position must be >= 0, got {start}")
-        self.start = start
-
 
 def ignore_stop_signals_in_worker(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: workers ignore SIGINT/SIGTERM.

@@ -7,6 +7,10 @@
 * :func:`load_checkpoint` is a strict load (only a missing ``num_batches_tracked`` is tolerated, as in checkpoints
   saved by PyTorch < 0.4.1) that raises :class:`CheckpointMismatchError` with the missing/unexpected keys and a hint.
 * :func:`torchvision_init` initialises the backbone from torchvision's ImageNet ResNet-101 or VGG-16 instead.
+* :func:`restore_segmentation_weights` is the training script's whole ``--restore-from`` rule (init file, trained
+  checkpoint, torchvision, none, VGG-16), built from the above.
+
+The only module that reads weight files: the models receive state_dicts.
 
 Library code: raises clear exceptions, logs through ``logging``, never prints.
 """
@@ -23,6 +27,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 from torch import nn
+
+from model.deeplab_vgg import DeeplabVGG, vgg16_to_deeplab_features
+from utils.distributed import unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,8 @@ __all__ = [
     "load_checkpoint",
     "guess_model_from_keys",
     "torchvision_init",
+    "restore_segmentation_weights",
+    "load_weights_file",
 ]
 
 #: ImageNet + MS-COCO DeepLab-v2 ResNet-101 (keys ``Scale.*``): the original training initialisation.
@@ -347,12 +356,6 @@ def _mismatch_error(
     return CheckpointMismatchError(message, missing, unexpected, shapes, hint)
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    while isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        model = model.module
-    return model
-
-
 def _model_name(model: nn.Module) -> str:
     return _MODEL_NAME_OF_CLASS.get(type(model).__name__, type(model).__name__)
 
@@ -374,7 +377,7 @@ def restore_init(model: nn.Module, state_dict: Mapping[str, torch.Tensor], num_c
     model's own initialisation (logged). A stripped key the model does not have, or a shape that differs, raises
     :class:`CheckpointMismatchError` (the original crashed there too). Returns a :class:`RestoreReport`.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     own = model.state_dict()
     new_params = dict(own)
     report = RestoreReport()
@@ -433,7 +436,7 @@ def load_checkpoint(
     keys look like another model (``model_name`` is the user's ``--model``; default from the model's class).
     Returns the tolerated missing keys.
     """
-    model = _unwrap(model)
+    model = unwrap(model)
     model_name = model_name or _model_name(model)
     own = model.state_dict()
     state = dict(state_dict)
@@ -486,9 +489,7 @@ def torchvision_init(
     paper's initialisation. Raises :class:`CheckpointMismatchError` when the weights do not fit the backbone
     (e.g. a ``--resnet-layers`` variant).
     """
-    from model.deeplab_vgg import DeeplabVGG, vgg16_to_deeplab_features
-
-    model = _unwrap(model)
+    model = unwrap(model)
     if arch is None:
         arch = "vgg16" if isinstance(model, DeeplabVGG) else "resnet101"
     if arch not in ("resnet101", "vgg16"):
@@ -537,3 +538,70 @@ def torchvision_init(
         _model_name(model), arch, report.summary(),
     )
     return report
+
+
+# ---- the training script's --restore-from rules ----------------------------------------------------------------
+
+
+def _drop_classifier_keys(state_dict: dict[str, torch.Tensor], model_name: str) -> dict[str, torch.Tensor]:
+    """``--not-restore-last``: leave out the last (classifier) layers of the file."""
+    if model_name == "DeeplabVGG":
+        return {k: v for k, v in state_dict.items() if "classifier" not in k.split(".")[:2]}
+    return {k: v for k, v in state_dict.items() if not {"layer5", "layer6"} & set(k.split(".")[:2])}
+
+
+def restore_segmentation_weights(model: nn.Module, restore_from: str, model_name: str, num_classes: int,
+                                 not_restore_last: bool = False) -> None:
+    """Initialise the segmentation network for training from ``--restore-from``, by the original's rule.
+
+    * ``none``: the model's own initialisation.
+    * ``torchvision[:WEIGHTS]``: torchvision's ImageNet ResNet-101 / VGG-16 backbone through the hub cache
+      (:func:`torchvision_init`; not the paper's initialisation, results differ).
+    * DeepLab (``model_name`` DeepLab/DeeplabMulti): an initialisation file (``Scale.``-prefixed keys, the
+      ImageNet+COCO DeepLab-v2 of the original) goes through :func:`restore_init` (strip ``Scale.``, skip ``layer5``
+      for 19 classes); a trained DeeplabMulti state_dict (``layer6.*`` keys, e.g. a ``GTA5_<i>.pth`` snapshot)
+      loads strictly instead (the original would crash on it).
+    * DeeplabVGG (the original never trained it): a torchvision-layout VGG-16 state_dict initialises ``features``
+      (like the original constructor's ``vgg16_caffe_path``); a DeeplabVGG checkpoint (e.g. the released
+      GTA2Cityscapes_vgg) loads strictly.
+
+    ``not_restore_last``: the classifiers (layer5/layer6, VGG's classifier) keep the model's own initialisation.
+    Raises ``CheckpointMismatchError``/``FileNotFoundError``/``ValueError``/``OSError`` with the file named.
+    """
+    if is_none_restore(restore_from):
+        logger.info("--restore-from %s: starting from the model's own initialisation", restore_from)
+        return
+    tv_weights = torchvision_restore_weights(restore_from)
+    if tv_weights is not None:  # not the paper's initialisation: torchvision_init warns that results will differ
+        torchvision_init(unwrap(model), weights=tv_weights)
+        return
+    state_dict = load_state_dict_from(restore_from, none_allowed=True)
+    source = f"--restore-from {restore_from}"
+    vgg = model_name == "DeeplabVGG"
+    trained = guess_model_from_keys(state_dict) == ("DeeplabVGG" if vgg else "DeeplabMulti")
+    if vgg:
+        w = state_dict.get("classifier.0.weight")
+        if isinstance(w, torch.Tensor) and w.dim() == 2:  # torchvision VGG-16: its FC head is never used
+            unwrap(model).load_state_dict(vgg16_to_deeplab_features(state_dict, source=source), strict=False)
+            logger.info("DeeplabVGG: VGG-16 features initialised from %s (fc6, fc7, classifier keep their init)",
+                        restore_from)
+            return
+    if not_restore_last:
+        before = len(state_dict)
+        state_dict = _drop_classifier_keys(state_dict, model_name)
+        logger.info("--not-restore-last: %d classifier tensors of %s not restored", before - len(state_dict),
+                    restore_from)
+    if not vgg and not trained:
+        restore_init(model, state_dict, num_classes)  # the original's rule (Scale.-prefixed init file)
+        return
+    if not_restore_last:  # a trained checkpoint of this very model: keep the model's own classifiers
+        own = unwrap(model).state_dict()
+        heads = ("classifier.",) if vgg else ("layer5.", "layer6.")
+        state_dict = {**{k: v for k, v in own.items() if k.startswith(heads)}, **state_dict}
+    load_checkpoint(model, state_dict, model_name=model_name, source=source)
+
+
+def load_weights_file(model: nn.Module, path: str, flag: str, model_name: str | None = None) -> None:
+    """Read ``path`` (file or URL) and load it strictly into ``model`` (:func:`load_checkpoint`); errors name
+    ``flag`` and ``path``."""
+    load_checkpoint(model, load_state_dict_from(path, flag=flag), model_name=model_name, source=f"{flag} {path}")
