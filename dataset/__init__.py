@@ -1,1 +1,2 @@
-"""Datasets (GTA5 source, Cityscapes target) and the label tables in :mod:`dataset.labels`."""
+"""The loaders (one module per dataset, on :mod:`dataset.base`), their shared preprocessing (:mod:`dataset.transforms`),
+input checks (:mod:`dataset.checks`), label tables (:mod:`dataset.labels`) and settings (:mod:`dataset.settings`)."""

@@ -1,42 +1,20 @@
-"""Cityscapes (the real target domain), read exactly as the original AdaptSegNet loader did.
+"""Cityscapes, the real target domain (:class:`cityscapesDataSet`, read exactly as the original AdaptSegNet
+loader did) and a labelled source domain (:class:`CityscapesSourceDataSet`, Cityscapes -> Cross-City).
 
-Layout: ``root/leftImg8bit/SET/NAME`` with NAME ``city/city_xxxxxx_yyyyyy_leftImg8bit.png``
-from the list file, and (only for ``return_label=True``)
-``root/gtFine/SET/city/city_xxxxxx_yyyyyy_gtFine_labelIds.png``.
+Layout: ``root/leftImg8bit/SET/NAME`` with NAME ``city/city_xxxxxx_yyyyyy_leftImg8bit.png`` from the list
+file, and its fine label ``root/gtFine/SET/city/city_xxxxxx_yyyyyy_gtFine_labelIds.png`` (8-bit labelIds,
+mapped to trainIds with :data:`dataset.labels.LABEL2TRAIN`).
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
-from torch.utils import data
 
-from dataset.checks import (
-    CITYSCAPES_LABEL_HINT,
-    DatasetError,
-    check_files_exist,
-    check_root,
-    format_paths,
-    open_label,
-    open_rgb,
-    read_list,
-)
-from dataset.gta5_dataset import (
-    CITYSCAPES_STREAM,
-    augment,
-    finish,
-    item_rng,
-    map_labels,
-    parse_crop_size,
-    repeat_names,
-    train_id_table,
-)
+from dataset.base import BaseDataSet
+from dataset.checks import CITYSCAPES_LABEL_HINT, DatasetError, format_paths
 from dataset.labels import IGNORE_LABEL, IMG_MEAN
-
-logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
@@ -59,27 +37,20 @@ def cityscapes_label_path(root: str | Path, set: str, name: str) -> Path:
     return Path(root) / "gtFine" / set / gtfine_name(name)
 
 
-class cityscapesDataSet(data.Dataset):
-    """The Cityscapes target set: items ``(image, size, name)`` (or ``(image, label, size, name)``).
+class cityscapesDataSet(BaseDataSet):
+    """The Cityscapes target set: items ``(image, size, name)`` (or ``(image, label, size, name)``), see
+    :class:`dataset.base.BaseDataSet`.
 
-    Args:
-        root: the directory holding ``leftImg8bit/`` (``--data-dir-target``).
-        list_path: text file of ``city/..._leftImg8bit.png`` names.
-        max_iters, crop_size, mean, scale, mirror, seed, check_files: as
-            :class:`dataset.gta5_dataset.GTA5DataSet` (``crop_size`` is ``(W, H)``; the
-            image is resized to it with bicubic interpolation, as the original).
-        ignore_label: value of unlabelled pixels in the returned label (``return_label``; 0..255).
-        set: the split folder under ``leftImg8bit`` (and ``gtFine``): ``train``, ``val``, ``test``.
-        return_label: also return the ``gtFine`` labelIds mapped to trainIds, for in-process
-            evaluation. The label keeps the file's **native** resolution (evaluation
-            upsamples predictions to it), so it cannot be combined with ``scale``/``mirror``.
-
-    Item:
-        image: float32 ndarray ``[3, H, W]``: BGR, minus ``mean``.
-        label (only with ``return_label``): uint8 ndarray ``[h, w]`` of trainIds, native size.
-        size: int ndarray ``[H, W, 3]``: the shape of the resized image.
-        name: the list entry.
+    ``root`` holds ``leftImg8bit/`` (``--data-dir-target``); ``list_path`` names
+    ``city/..._leftImg8bit.png`` images; ``set`` is the split folder under ``leftImg8bit`` (and
+    ``gtFine``): ``train``, ``val``, ``test``; ``return_label`` also returns the ``gtFine`` labelIds
+    mapped to trainIds, for in-process evaluation; ``ignore_label`` is then the value of unlabelled
+    pixels (0..255).
     """
+
+    source = False
+    dataset_name = "Cityscapes"
+    label_hint = CITYSCAPES_LABEL_HINT
 
     def __init__(
         self,
@@ -96,65 +67,70 @@ class cityscapesDataSet(data.Dataset):
         check_files: bool = True,
         return_label: bool = False,
     ) -> None:
-        self.root = Path(root)
-        self.list_path = Path(list_path)
-        self.crop_size = parse_crop_size(crop_size)
-        self.mean = np.asarray(mean, dtype=np.float32).reshape(3)
-        self.scale = bool(scale)
-        self.is_mirror = bool(mirror)
-        self.ignore_label = ignore_label
         self.set = set
-        self.seed = int(seed)
         self.return_label = bool(return_label)
-        if self.return_label and (self.scale or self.is_mirror):
-            raise ValueError(
-                "cityscapesDataSet: return_label=True returns the label at its native resolution "
-                "for evaluation and cannot be combined with scale/mirror augmentation"
+        self.root_holds = f"leftImg8bit/{set}/"
+        self.title = f"Cityscapes {set}"
+        self.image_files = f"Cityscapes images (leftImg8bit/{set})"
+        self.label_files = f"Cityscapes labels (gtFine/{set}/*{LABEL_SUFFIX})"
+        # Path(): the list is required here (a TypeError for None, as before), there is no directory listing
+        super().__init__(root, Path(list_path), max_iters, crop_size, mean, scale, mirror, ignore_label, seed,
+                         check_files)
+
+    def read_names(self) -> list[str]:
+        """The list's names; with ``return_label``, all of them must be ``*_leftImg8bit.png`` (one error lists
+        those that are not)."""
+        names = super().read_names()
+        bad = [n for n in names if not n.endswith(IMAGE_SUFFIX)] if self.return_label else []
+        if bad:
+            raise DatasetError(
+                f"{len(bad)} entries of {self.list_path} do not end with {IMAGE_SUFFIX!r}, so their "
+                f"gtFine label names cannot be derived, e.g.:\n{format_paths(bad)}"
             )
-        if self.return_label and not 0 <= int(ignore_label) <= 255:
-            raise ValueError(f"cityscapesDataSet: ignore_label must be in 0..255 with return_label, got {ignore_label}")
-        if check_files:
-            check_root(self.root, "Cityscapes data directory", f"leftImg8bit/{set}/")
-        names = read_list(self.list_path, "Cityscapes list file")
-        if self.return_label:
-            bad = [n for n in names if not n.endswith(IMAGE_SUFFIX)]
-            if bad:
-                raise DatasetError(
-                    f"{len(bad)} entries of {self.list_path} do not end with {IMAGE_SUFFIX!r}, so their "
-                    f"gtFine label names cannot be derived, e.g.:\n{format_paths(bad)}"
-                )
-        if check_files:
-            images = [cityscapes_image_path(self.root, set, n) for n in names]
-            check_files_exist(images, f"Cityscapes images (leftImg8bit/{set})", self.list_path)
-            if self.return_label:
-                labels = [cityscapes_label_path(self.root, set, n) for n in names]
-                check_files_exist(labels, f"Cityscapes labels (gtFine/{set}/*{LABEL_SUFFIX})", self.list_path)
-        self.img_ids = repeat_names(names, max_iters)
-        self.files = repeat_names([
-            {
-                "img": cityscapes_image_path(self.root, set, name),
-                "label": cityscapes_label_path(self.root, set, name) if self.return_label else None,
-                "name": name,
-            }
-            for name in names
-        ], max_iters)  # one dict per distinct name, repeated like the names
-        self._table = train_id_table(ignore_label, np.uint8) if self.return_label else None
-        logger.info("Cityscapes %s: %d names from %s (%d items)", set, len(names), self.list_path, len(self.files))
+        return names
 
-    def __len__(self) -> int:
-        return len(self.files)
+    def image_dir(self) -> Path:
+        return self.root / "leftImg8bit" / self.set
 
-    def __getitem__(self, index: int):
-        datafiles = self.files[index]
-        image = open_rgb(datafiles["img"]).resize(self.crop_size, Image.Resampling.BICUBIC)
-        rng = item_rng(self.seed, index, CITYSCAPES_STREAM)
-        arr, _ = augment(image, None, rng, self.scale, self.is_mirror, self.mean, None, self.ignore_label)
-        image_chw, size = finish(arr)
-        if not self.return_label:
-            return image_chw, size, datafiles["name"]
-        label = open_label(datafiles["label"], CITYSCAPES_LABEL_HINT)
-        return image_chw, map_labels(label, self._table), size, datafiles["name"]
+    def label_path(self, name: str) -> Path:
+        """The gtFine label of ``name``; a DatasetError naming an entry that is not ``*_leftImg8bit.png`` (the
+        source's check; the target has checked its whole list in :meth:`read_names`)."""
+        try:
+            return cityscapes_label_path(self.root, self.set, name)
+        except ValueError:
+            where = self.list_path or self.image_dir()
+            raise DatasetError(f"entry of {where} does not end with {IMAGE_SUFFIX!r}, so its gtFine label name "
+                               f"cannot be derived:\n{format_paths([name])}") from None
 
 
-#: PEP 8 alias; the original's lower-case name stays the primary one.
-CityscapesDataSet = cityscapesDataSet
+class CityscapesSourceDataSet(BaseDataSet):
+    """Cityscapes train images with their gtFine labels as a **source** set: items ``(image, label, size,
+    name)``, the label resized to the crop size (nearest) with the image, like GTA5's, instead of being kept
+    at its native resolution for evaluation.
+
+    ``set`` defaults to ``train``; ``list_path=None`` takes every ``leftImg8bit/SET/*/*_leftImg8bit.png``;
+    the default list of the training script is ``dataset/cityscapes_list/train.txt`` (the 2 975 train images).
+    """
+
+    dataset_name = "Cityscapes (source)"
+    listing_glob = f"*/*{IMAGE_SUFFIX}"
+    label_hint = CITYSCAPES_LABEL_HINT
+    image_dir, label_path = cityscapesDataSet.image_dir, cityscapesDataSet.label_path  # the same files
+
+    def __init__(
+        self,
+        root: str | Path,
+        list_path: str | Path | None = None,
+        max_iters: int | None = None,
+        crop_size: Sequence[int] = (321, 321),
+        mean: Sequence[float] | np.ndarray = IMG_MEAN,
+        scale: bool = False,
+        mirror: bool = False,
+        ignore_label: int = IGNORE_LABEL,
+        set: str = "train",
+        seed: int = 0,
+        check_files: bool = True,
+    ) -> None:
+        self.set = set
+        self.root_holds = f"leftImg8bit/{set}/ and gtFine/{set}/"
+        super().__init__(root, list_path, max_iters, crop_size, mean, scale, mirror, ignore_label, seed, check_files)

@@ -26,8 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from dataset.cityscapes_dataset import cityscapesDataSet
-from dataset.cityscapes_source_dataset import CityscapesSourceDataSet
+from dataset.cityscapes_dataset import CityscapesSourceDataSet, cityscapesDataSet
 from dataset.crosscity_dataset import CITIES, CrossCityDataSet
 from dataset.gta5_dataset import GTA5DataSet
 from dataset.labels import NUM_CLASSES

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PIL import Image
-
-from dataset.checks import open_label
-from dataset.source_dataset import LabelledSourceDataSet
+from dataset.base import BaseDataSet
 
 #: What to tell a user whose Synscapes label is not an 8-bit labelId PNG.
 SYNSCAPES_LABEL_HINT = (
@@ -20,27 +17,19 @@ SYNSCAPES_LABEL_HINT = (
 )
 
 
-def synscapes_paths(root: str | Path, name: str) -> tuple[Path, Path]:
-    """``(root/img/rgb/name, root/img/class/name)``."""
-    root = Path(root)
-    return root / "img" / "rgb" / name, root / "img" / "class" / name
+class SynscapesDataSet(BaseDataSet):
+    """Synscapes source set: items ``(image, label, size, name)`` (see :class:`dataset.base.BaseDataSet`).
 
-
-class SynscapesDataSet(LabelledSourceDataSet):
-    """Synscapes source set: items ``(image, label, size, name)`` as :class:`GTA5DataSet`.
-
-    Args: as :class:`dataset.source_dataset.LabelledSourceDataSet`; ``root`` holds ``img/rgb/`` and
-    ``img/class/``; ``list_path=None`` takes every ``img/rgb/*.png`` (sorted by name).
+    ``root`` holds ``img/rgb/`` and ``img/class/``; ``list_path=None`` takes every ``img/rgb/*.png``
+    (sorted by name).
     """
 
     dataset_name = "Synscapes"
     root_holds = "img/rgb/ and img/class/"
+    label_hint = SYNSCAPES_LABEL_HINT
 
     def image_dir(self) -> Path:
         return self.root / "img" / "rgb"
 
     def label_path(self, name: str) -> Path:
-        return synscapes_paths(self.root, name)[1]
-
-    def load_label(self, path: Path) -> Image.Image:
-        return open_label(path, SYNSCAPES_LABEL_HINT)
+        return self.root / "img" / "class" / name

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dataset.base import BaseDataSet
 from dataset.checks import DatasetError, LabelFormatError
-from dataset.labels import SYNTHIA2TRAIN
-from dataset.source_dataset import LabelledSourceDataSet, train_id_passthrough_table
+from dataset.labels import NUM_CLASSES, SYNTHIA2TRAIN
 
 #: What to tell a user whose SYNTHIA label is not a 16-bit multi-channel PNG.
 SYNTHIA_LABEL_HINT = (
@@ -39,12 +39,6 @@ def _cv2():
         raise DatasetError(f"reading SYNTHIA's 16-bit GT/LABELS PNGs needs OpenCV: pip install {OPENCV_PACKAGE} "
                            f"({exc})") from None
     return cv2
-
-
-def synthia_paths(root: str | Path, name: str) -> tuple[Path, Path]:
-    """``(root/RGB/name, root/GT/LABELS/name)``."""
-    root = Path(root)
-    return root / "RGB" / name, root / "GT" / "LABELS" / name
 
 
 def read_synthia_label(path: str | Path) -> np.ndarray:
@@ -68,12 +62,11 @@ def read_synthia_label(path: str | Path) -> np.ndarray:
     return arr[:, :, 2]  # B, G, R(, A): the PNG's first channel is the third of OpenCV's
 
 
-class SYNTHIADataSet(LabelledSourceDataSet):
-    """SYNTHIA-RAND-CITYSCAPES source set: items ``(image, label, size, name)`` as :class:`GTA5DataSet`.
+class SYNTHIADataSet(BaseDataSet):
+    """SYNTHIA-RAND-CITYSCAPES source set: items ``(image, label, size, name)`` (see :class:`dataset.base.BaseDataSet`).
 
-    Args: as :class:`dataset.source_dataset.LabelledSourceDataSet`; ``root`` holds ``RGB/`` and
-    ``GT/LABELS/``; ``list_path=None`` takes every ``RGB/*.png``. Label values: trainIds by
-    :data:`dataset.labels.SYNTHIA_TO_TRAIN` (terrain, truck and train never occur in the data).
+    ``root`` holds ``RGB/`` and ``GT/LABELS/``; ``list_path=None`` takes every ``RGB/*.png``. Label values:
+    trainIds by :data:`dataset.labels.SYNTHIA_TO_TRAIN` (terrain, truck and train never occur in the data).
     """
 
     dataset_name = "SYNTHIA"
@@ -86,11 +79,14 @@ class SYNTHIADataSet(LabelledSourceDataSet):
         return self.root / "RGB"
 
     def label_path(self, name: str) -> Path:
-        return synthia_paths(self.root, name)[1]
-
-    def make_label_table(self, ignore_label: int | float) -> np.ndarray:
-        return train_id_passthrough_table(ignore_label)  # load_label already gives trainIds
+        return self.root / "GT" / "LABELS" / name
 
     def load_label(self, path: Path) -> Image.Image:
         """The 16-bit class ids mapped to trainIds (255 elsewhere), as an 'L' image (so resizing is nearest)."""
         return Image.fromarray(SYNTHIA2TRAIN[read_synthia_label(path)], mode="L")
+
+    def make_label_table(self, ignore_label: int | float) -> np.ndarray:
+        """:meth:`load_label` already gives trainIds: 0..18 kept, 19..255 -> ``ignore_label`` (float32)."""
+        table = np.arange(256, dtype=np.float32)
+        table[NUM_CLASSES:] = ignore_label
+        return table

@@ -5,8 +5,9 @@ import torch
 from PIL import Image
 
 from dataset.checks import DatasetError, LabelFormatError
-from dataset.cityscapes_dataset import CityscapesDataSet, cityscapesDataSet
-from dataset.gta5_dataset import SCALE_RANGE, GTA5DataSet
+from dataset.cityscapes_dataset import cityscapesDataSet
+from dataset.gta5_dataset import GTA5DataSet
+from dataset.transforms import SCALE_RANGE
 from tools.make_synthetic_data import make_synthetic_datasets
 
 MEAN_B, MEAN_G, MEAN_R = np.float32(104.00698793), np.float32(116.66876762), np.float32(122.67891434)
@@ -359,7 +360,6 @@ def test_cityscapes_pixel_by_hand_and_layout(tmp_path):
     save_rgb(tmp_path / "leftImg8bit" / "train" / name, img)
     (tmp_path / "l.txt").write_text(name + "\n")
     ds = cityscapesDataSet(tmp_path, tmp_path / "l.txt", crop_size=(3, 2), set="train")
-    assert CityscapesDataSet is cityscapesDataSet
     image, size, got_name = ds[0]
     assert image.shape == (3, 2, 3) and image.dtype == np.float32
     assert image[0, 1, 0] == np.float32(60) - MEAN_B

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dataset.checks import DatasetError, LabelFormatError
-from dataset.cityscapes_source_dataset import CityscapesSourceDataSet
+from dataset.cityscapes_dataset import CityscapesSourceDataSet
 from dataset.crosscity_dataset import CrossCityDataSet
 from dataset.synscapes_dataset import SynscapesDataSet
 from dataset.synthia_dataset import SYNTHIADataSet, read_synthia_label
