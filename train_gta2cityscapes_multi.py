@@ -29,60 +29,35 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dataset.checks import DatasetError
+from dataset.checks import DatasetError, dataset_error_message
 from dataset.labels import IMG_MEAN, colorize_rgb
 from dataset.settings import CITIES, SOURCES, TARGETS, resolve_setting
 from model import FCDiscriminator, build_model
-from utils.checkpoint import (RESUME_NAME, StopRequest, find_resume_file, load_training_state,
-                              remove_stale_temporaries, restore_training_state, save_snapshot, save_training_state)
-from utils.cli import parse_layers, parse_size
+from utils.checkpoint import (RESUME_NAME, SnapshotDirBusy, SnapshotDirLock, StopRequest, find_resume_file,
+                              load_training_state, remove_stale_temporaries, restore_training_state, save_snapshot,
+                              save_training_state, snapshot_space_warning)
+from utils.cli import ArgumentParser, UsageError, fail, parse_layers, parse_size, repo_path, usable_cpus
 from utils.device import configure_backends, resolve_amp_dtype, seed_everything, select_device
 from utils.distributed import (all_reduce_gradients_, all_reduce_max_int, all_reduce_mean_, broadcast_module_,
                                cleanup_distributed, get_rank, get_world_size, init_distributed, is_main_process,
                                unwrap)
-from utils.files import atomic_write, check_writable_dir
+from utils.files import WriteError, atomic_write, check_writable_dir
 from utils.loss import GAN_CHOICES, SOURCE_LABEL, TARGET_LABEL, AdversarialLoss, CrossEntropy2d
 from utils.optim import Adam04, FaithfulSGD, adjust_learning_rate, lr_poly
-from utils.sampling import ResumableSampler, ignore_stop_signals_in_worker
+from utils.sampling import shutdown_loader, training_loader
 from utils.weights import (RESTORE_FROM_INIT, CheckpointMismatchError, load_weights_file,
                            restore_segmentation_weights, torchvision_restore_weights)
 
 logger = logging.getLogger("train")
+PROG = "train_gta2cityscapes_multi.py"
 
-# The original's defaults. The source/target-dependent ones (data directories, lists, input sizes) come from
-# dataset/settings.py (GTA5 -> Cityscapes: the original's ./data/GTA5, 1280,720, ./data/Cityscapes/data, 1024,512).
-MODEL = "DeepLab"
-BATCH_SIZE = 1
-ITER_SIZE = 1
+#: The original's defaults that other code reads (every default is in :func:`get_args_parser`).
 NUM_WORKERS = 4
-IGNORE_LABEL = 255
-LEARNING_RATE = 2.5e-4
-MOMENTUM = 0.9
-NUM_CLASSES = 19
-NUM_STEPS = 250000
-NUM_STEPS_STOP = 150000  # early stopping
-POWER = 0.9
-RANDOM_SEED = 1234
 RESTORE_FROM = RESTORE_FROM_INIT  # the ImageNet + COCO DeepLab-v2 initialisation
-SAVE_NUM_IMAGES = 2
-SAVE_PRED_EVERY = 5000
-SNAPSHOT_DIR = "./snapshots/"
-WEIGHT_DECAY = 0.0005
-LOG_DIR = "./log"
-LEARNING_RATE_D = 1e-4
-LAMBDA_SEG = 0.1
-LAMBDA_ADV_TARGET1 = 0.0002
-LAMBDA_ADV_TARGET2 = 0.001
-GAN = "Vanilla"
-TARGET = "cityscapes"
-SET = "train"
-
-#: Batches each DataLoader worker keeps ready.
-PREFETCH_FACTOR = 2
 #: The discriminators' five stride-2 convs need at least this many pixels per side.
 MIN_INPUT_SIDE = 32
-#: The six logged losses, in the order of the log line (the loss dict's keys and the TensorBoard tags).
-LOSS_NAMES = ("loss_seg1", "loss_seg2", "loss_adv1", "loss_adv2", "loss_D1", "loss_D2")
+#: The six logged losses in the order of the log line: the loss dict's keys and the original's TensorBoard tags.
+LOSS_NAMES = ("loss_seg1", "loss_seg2", "loss_adv_target1", "loss_adv_target2", "loss_D1", "loss_D2")
 LOG_FORMAT = ("iter = {0:8d}/{1:8d}, loss_seg1 = {2:.3f} loss_seg2 = {3:.3f} loss_adv1 = {4:.3f}, "
               "loss_adv2 = {5:.3f} loss_D1 = {6:.3f} loss_D2 = {7:.3f}")
 #: Flags whose default depends on --source / --target (``default=None``, filled by :func:`fill_setting_defaults`).
@@ -91,109 +66,107 @@ SETTING_FLAGS = {"data_dir": "source", "data_list": "source", "input_size": "sou
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    """The original's flags (names, defaults) and, in their own groups, the flags beyond the original."""
-    parser = argparse.ArgumentParser(description="AdaptSegNet training: GTA5 -> Cityscapes (DeepLab-v2); other "
-                                                 "settings with --source / --target")
+    """The original's flags (names and defaults unchanged) and, in their own groups, the flags beyond it."""
+    parser = ArgumentParser(prog=PROG, description="AdaptSegNet training: DeepLab-v2 on a labelled source adapted "
+                            "to an unlabelled target by output-space discriminators (GTA5 -> Cityscapes; other "
+                            "settings with --source / --target).")
+    per_source = "default: the --source setting's (dataset/settings.py)"
+    per_target = "default: the --target setting's (dataset/settings.py)"
     add = parser.add_argument
-    add("--model", type=str, default=MODEL, choices=("DeepLab", "DeeplabMulti", "DeeplabVGG"),
-        help="DeepLab (= DeeplabMulti, multi-level ResNet-101) or DeeplabVGG (single output)")
-    add("--target", type=str, default=TARGET, choices=tuple(TARGETS),
-        help="available options : " + ", ".join(TARGETS) + " (crosscity needs --city)")
-    add("--batch-size", type=int, default=BATCH_SIZE, help="Number of images sent to the network in one step.")
-    add("--iter-size", type=int, default=ITER_SIZE, help="Accumulate gradients for ITER_SIZE iterations.")
-    add("--num-workers", type=int, default=NUM_WORKERS, help="number of workers for multithread dataloading.")
-    add("--data-dir", type=str, default=None, help="Path to the directory containing the source dataset.")
-    add("--data-list", type=str, default=None, help="Path to the file listing the images in the source dataset.")
-    add("--ignore-label", type=int, default=IGNORE_LABEL,
-        help="The index of the label to ignore during the training.")
-    add("--input-size", type=parse_size, default=None,
-        help="Comma-separated W,H of source images (the original's help said height and width; the order is "
-             "width,height).")
-    add("--data-dir-target", type=str, default=None, help="Path to the directory containing the target dataset.")
-    add("--data-list-target", type=str, default=None,
-        help="Path to the file listing the images in the target dataset.")
-    add("--input-size-target", type=parse_size, default=None, help="Comma-separated W,H of target images.")
+    add("--model", default="DeepLab", choices=("DeepLab", "DeeplabMulti", "DeeplabVGG"),
+        help="segmentation network: DeepLab (= DeeplabMulti, multi-level ResNet-101) or DeeplabVGG (single output)")
+    add("--target", default="cityscapes", choices=tuple(TARGETS), help="target domain (crosscity needs --city)")
+    add("--batch-size", type=int, default=1, help="images per domain in one forward pass")
+    add("--iter-size", type=int, default=1, help="forward/backward passes whose gradients add up to one step")
+    add("--num-workers", type=int, default=min(NUM_WORKERS, usable_cpus()),
+        help=f"data-loading processes per domain (the original's {NUM_WORKERS}, at most the usable CPU cores)")
+    add("--data-dir", help=f"source dataset directory ({per_source}; GTA5: ./data/GTA5)")
+    add("--data-list", help=f"file listing the source images ({per_source}; GTA5: ./dataset/gta5_list/train.txt)")
+    add("--ignore-label", type=int, default=255, help="label value the segmentation loss ignores")
+    add("--input-size", type=parse_size, metavar="W,H",
+        help=f"size the source images are resized to ({per_source}; GTA5: 1280,720)")
+    add("--data-dir-target", help=f"target dataset directory ({per_target}; Cityscapes: ./data/Cityscapes/data)")
+    add("--data-list-target",
+        help=f"file listing the target images ({per_target}; Cityscapes: ./dataset/cityscapes_list/train.txt)")
+    add("--input-size-target", type=parse_size, metavar="W,H",
+        help=f"size the target images are resized to ({per_target}; Cityscapes: 1024,512)")
     add("--is-training", action="store_true",
-        help="Accepted for compatibility: BatchNorm statistics always update during training (use "
-             "--freeze-bn-stats to keep them fixed).")
-    add("--learning-rate", type=float, default=LEARNING_RATE,
-        help="Base learning rate for training with polynomial decay.")
-    add("--learning-rate-D", type=float, default=LEARNING_RATE_D, help="Base learning rate for discriminator.")
-    add("--lambda-seg", type=float, default=LAMBDA_SEG, help="lambda_seg.")
-    add("--lambda-adv-target1", type=float, default=LAMBDA_ADV_TARGET1, help="lambda_adv for adversarial training.")
-    add("--lambda-adv-target2", type=float, default=LAMBDA_ADV_TARGET2, help="lambda_adv for adversarial training.")
-    add("--momentum", type=float, default=MOMENTUM, help="Momentum component of the optimiser.")
+        help="accepted for compatibility, no effect: BatchNorm statistics always update during training (use "
+             "--freeze-bn-stats to keep them fixed)")
+    add("--learning-rate", type=float, default=2.5e-4,
+        help="base learning rate of the segmentation network (poly decay; its classifiers at 10x)")
+    add("--learning-rate-D", type=float, default=1e-4, help="base learning rate of the discriminators (poly decay)")
+    add("--lambda-seg", type=float, default=0.1, help="weight of the auxiliary (layer5) segmentation loss")
+    add("--lambda-adv-target1", type=float, default=0.0002,
+        help="weight of the adversarial loss on the auxiliary output (discriminator D1)")
+    add("--lambda-adv-target2", type=float, default=0.001,
+        help="weight of the adversarial loss on the main output (discriminator D2)")
+    add("--momentum", type=float, default=0.9, help="SGD momentum of the segmentation network")
     add("--not-restore-last", action="store_true",
-        help="Whether to not restore last (FC) layers: the classifiers (layer5/layer6, VGG's classifier) are not "
-             "copied from --restore-from and keep their initialisation.")
-    add("--num-classes", type=int, default=NUM_CLASSES, help="Number of classes to predict (including background).")
-    add("--num-steps", type=int, default=NUM_STEPS,
-        help="Number of training steps (horizon of the poly learning-rate schedule).")
-    add("--num-steps-stop", type=int, default=NUM_STEPS_STOP, help="Number of training steps for early stopping.")
-    add("--power", type=float, default=POWER, help="Decay parameter to compute the learning rate.")
-    add("--random-mirror", action="store_true",
-        help="Whether to randomly mirror the inputs during the training (both domains).")
-    add("--random-scale", action="store_true",
-        help="Whether to randomly scale the inputs during the training (source domain).")
-    add("--random-seed", type=int, default=RANDOM_SEED,
-        help="Random seed to have reproducible results (Python, NumPy, torch, data order and augmentation).")
-    add("--restore-from", type=str, default=RESTORE_FROM,
-        help="Where restore model parameters from (file or URL; 'none': the model's own init; "
-             "'torchvision[:WEIGHTS]': torchvision's ImageNet backbone, see the README).")
-    add("--save-num-images", type=int, default=SAVE_NUM_IMAGES,
-        help="How many images to save (to TensorBoard, per domain, at each snapshot).")
-    add("--save-pred-every", type=int, default=SAVE_PRED_EVERY, help="Save summaries and checkpoint every often.")
-    add("--snapshot-dir", type=str, default=SNAPSHOT_DIR, help="Where to save snapshots of the model.")
-    add("--weight-decay", type=float, default=WEIGHT_DECAY, help="Regularisation parameter for L2-loss.")
-    add("--cpu", action="store_true", help="choose to use cpu device.")
-    add("--gpu", type=int, default=0, help="choose gpu device.")
-    add("--tensorboard", action="store_true", help="choose whether to use tensorboard.")
-    add("--log-dir", type=str, default=LOG_DIR, help="Path to the directory of log.")
-    add("--set", type=str, default=SET, help="choose adaptation set.")
-    add("--gan", type=str, default=GAN, choices=GAN_CHOICES, help="choose the GAN objective.")
+        help="do not copy the classifiers (layer5/layer6, VGG's classifier) from --restore-from")
+    add("--num-classes", type=int, default=19, help="classes the network predicts")
+    add("--num-steps", type=int, default=250000, help="horizon of the poly learning-rate schedule (iterations)")
+    add("--num-steps-stop", type=int, default=150000, help="iterations after which training stops")
+    add("--power", type=float, default=0.9, help="exponent of the poly learning-rate decay")
+    add("--random-mirror", action="store_true", help="randomly mirror the training images (both domains)")
+    add("--random-scale", action="store_true", help="randomly rescale the source images (0.5x to 1.5x)")
+    add("--random-seed", type=int, default=1234,
+        help="seed of everything random (weights, data order, augmentation)")
+    add("--restore-from", default=RESTORE_FROM,
+        help="initial weights: a file or URL (the ImageNet+COCO DeepLab-v2 init file, or a trained snapshot), "
+             "'none' (the model's own init) or 'torchvision[:WEIGHTS]' (torchvision's ImageNet backbone, "
+             "docs/models.md)")
+    add("--save-num-images", type=int, default=2, help="images per domain shown in TensorBoard at each snapshot")
+    add("--save-pred-every", type=int, default=5000, help="iterations between snapshots (and TensorBoard images)")
+    add("--snapshot-dir", default="./snapshots/", help="folder of the snapshots, resume.pth and args.json")
+    add("--weight-decay", type=float, default=0.0005, help="L2 weight decay of the segmentation network")
+    add("--cpu", action="store_true", help="run on the CPU")
+    add("--gpu", type=int, help="CUDA device to run on (default 0; an error when the machine has no such GPU)")
+    add("--tensorboard", action="store_true", help="write TensorBoard logs to --log-dir")
+    add("--log-dir", default="./log", help="folder of the TensorBoard logs")
+    add("--set", default="train", help="split folder of the target images (Cityscapes: leftImg8bit/<set>)")
+    add("--gan", default="Vanilla", choices=GAN_CHOICES,
+        help="adversarial objective: Vanilla (binary cross-entropy) or LS (least squares)")
 
     new = parser.add_argument_group("beyond the original")
-    new.add_argument("--resume", type=str, default=None, metavar="PATH|auto",
+    new.add_argument("--resume", metavar="PATH|auto",
                      help=f"continue from a training state file; 'auto': {RESUME_NAME} in --snapshot-dir if there "
                           "is one, else start afresh")
-    new.add_argument("--restore-from-D1", type=str, default=None, metavar="PATH",
+    new.add_argument("--restore-from-D1", metavar="PATH",
                      help="initial weights of discriminator D1 (e.g. a GTA5_<i>_D1.pth snapshot)")
-    new.add_argument("--restore-from-D2", type=str, default=None, metavar="PATH",
+    new.add_argument("--restore-from-D2", metavar="PATH",
                      help="initial weights of discriminator D2 (e.g. a GTA5_<i>_D2.pth snapshot)")
     new.add_argument("--modern-optim", action="store_true",
-                     help="standard torch.optim.SGD on deduplicated parameter groups and torch.optim.Adam, instead "
+                     help="today's torch.optim.SGD on deduplicated parameter groups and torch.optim.Adam, instead "
                           "of the original's PyTorch 0.4 arithmetic (duplicated backbone listing, eps before the "
                           "bias correction)")
     new.add_argument("--freeze-bn-stats", action="store_true",
                      help="keep BatchNorm in eval mode (running statistics, not updated) during training")
     new.add_argument("--all-branches", action="store_true",
                      help="sum all four classifier branches (the original summed only the first two)")
-    new.add_argument("--resnet-layers", type=parse_layers, default="3,4,23,3", metavar="L1,L2,L3,L4",
-                     help="ResNet block counts (default ResNet-101; small values for tests)")
+    new.add_argument("--resnet-layers", type=parse_layers, default=(3, 4, 23, 3), metavar="L1,L2,L3,L4",
+                     help="ResNet block counts (3,4,23,3 is ResNet-101; small values for tests)")
     new.add_argument("--log-every", type=int, default=1, metavar="N", help="print the loss line every N iterations")
-    new.add_argument("--source", type=str, default=None, choices=tuple(SOURCES),
-                     help="labelled source domain (default gta5; cityscapes with --target crosscity). Flags not given "
-                          "(--data-dir, --data-list, --input-size and the target's) take the setting's defaults "
-                          "from dataset/settings.py; snapshots are named after the source (GTA5_<i>.pth, "
+    new.add_argument("--source", choices=tuple(SOURCES),
+                     help="labelled source domain (default gta5; cityscapes with --target crosscity); the flags "
+                          "not given take the setting's defaults; snapshots are named after it (GTA5_<i>.pth, "
                           "SYNTHIA_<i>.pth, Synscapes_<i>.pth, Cityscapes_<i>.pth)")
-    new.add_argument("--city", type=str, default=None, choices=CITIES,
-                     help="the Cross-City city of --target crosscity")
+    new.add_argument("--city", choices=CITIES, help="the Cross-City city of --target crosscity")
 
-    speed = parser.add_argument_group(
-        "speed and multi-GPU (beyond the original; several GPUs: torchrun --nproc-per-node=N "
-        "train_gta2cityscapes_multi.py ...)")
+    speed = parser.add_argument_group("speed and multi-GPU (beyond the original; several GPUs: torchrun "
+                                      "--nproc-per-node=N train_gta2cityscapes_multi.py ...)")
     speed.add_argument("--amp", action="store_true",
                        help="mixed precision: the networks' forward passes under autocast (bfloat16 where supported, "
                             "else float16 with a gradient scaler); losses, softmax and optimizers stay float32")
-    speed.add_argument("--amp-dtype", type=str, default="auto", choices=("auto", "bfloat16", "float16"),
-                       help="autocast dtype for --amp (auto: bfloat16 on the CPU and on GPUs that support it, "
-                            "else float16)")
+    speed.add_argument("--amp-dtype", default="auto", choices=("auto", "bfloat16", "float16"),
+                       help="autocast dtype of --amp (auto: bfloat16 on the CPU and on GPUs that support it, else "
+                            "float16)")
     speed.add_argument("--channels-last", action="store_true",
                        help="networks and inputs in channels_last memory format (faster convolutions on tensor-core "
                             "GPUs, above all with --amp)")
     speed.add_argument("--deterministic", action="store_true",
                        help="deterministic cuDNN algorithms and torch.use_deterministic_algorithms(warn_only=True), "
-                            "no cuDNN autotuning (default: cudnn.benchmark on, as the original)")
+                            "no cuDNN autotuning (off: cudnn.benchmark, as the original)")
     return parser
 
 
@@ -211,28 +184,33 @@ def fill_setting_defaults(args: argparse.Namespace) -> None:
 
 
 def validate_args(args: argparse.Namespace) -> None:
-    """Fill the per-setting defaults, then raise ``ValueError`` naming the flag for values the run cannot use
-    (before any work)."""
+    """Fill the per-setting defaults, then raise :class:`~utils.cli.UsageError` naming the flag for values the run
+    cannot use (before any work). Default list files are found in the repository when run from another folder."""
     fill_setting_defaults(args)
-    resolve_setting(args.source, args.target, args.city)
+    args.data_list = repo_path(args.data_list, "--data-list")
+    args.data_list_target = repo_path(args.data_list_target, "--data-list-target")
+    try:
+        resolve_setting(args.source, args.target, args.city)
+        torchvision_restore_weights(args.restore_from)  # "torchvision:" without a weights name fails here
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     if args.source == args.target == "cityscapes":
         logger.warning("--source cityscapes --target cityscapes: adapting Cityscapes to itself")
     for flag in ("batch_size", "iter_size", "num_steps", "num_steps_stop", "save_pred_every", "log_every",
                  "num_classes"):
         if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
     for flag in ("num_workers", "save_num_images"):
         if getattr(args, flag) < 0:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
-    torchvision_restore_weights(args.restore_from)  # "torchvision:" without a weights name fails here, not later
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.model == "DeeplabVGG" and args.restore_from == RESTORE_FROM:
-        raise ValueError("--model DeeplabVGG: the default --restore-from is the ResNet-101 initialisation and does "
+        raise UsageError("--model DeeplabVGG: the default --restore-from is the ResNet-101 initialisation and does "
                          "not fit VGG-16; pass --restore-from with a torchvision-layout VGG-16 state_dict (features "
                          "are copied), 'torchvision' (its ImageNet VGG-16), a DeeplabVGG checkpoint, or 'none'")
     for flag in ("input_size", "input_size_target"):
         w, h = getattr(args, flag)
         if min(w, h) < MIN_INPUT_SIDE:
-            raise ValueError(f"--{flag.replace('_', '-')} {w},{h}: the discriminators need W and H of at least "
+            raise UsageError(f"--{flag.replace('_', '-')} {w},{h}: the discriminators need W and H of at least "
                              f"{MIN_INPUT_SIDE} pixels")
 
 
@@ -365,28 +343,6 @@ def build_datasets(args: argparse.Namespace):
         target = target_cls(args.data_dir_target, args.data_list_target, crop_size=args.input_size_target,
                             scale=False, set=args.set, **common)
     return source, target
-
-
-def build_loader(dataset, args: argparse.Namespace, device: torch.device, start: int, salt: int):
-    """A DataLoader over ``dataset`` in the seeded, resumable order from global sample position ``start`` (each rank
-    its own share, :class:`~utils.sampling.ResumableSampler`). ``--num-workers`` processes per domain, each keeping
-    :data:`PREFETCH_FACTOR` batches ready, persistent (the order never ends); pinned memory on CUDA."""
-    sampler = ResumableSampler(len(dataset), seed=args.random_seed, start=start, rank=get_rank(),
-                               num_replicas=get_world_size(), salt=salt)
-    workers = args.num_workers > 0
-    return torch.utils.data.DataLoader(
-        dataset, batch_size=args.batch_size, sampler=sampler, num_workers=args.num_workers,
-        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals_in_worker,
-        generator=torch.Generator().manual_seed(args.random_seed),
-        persistent_workers=workers, prefetch_factor=PREFETCH_FACTOR if workers else None)
-
-
-def shutdown_loader(loader) -> None:
-    """Stop a DataLoader's persistent workers now. They ignore SIGINT/SIGTERM (a Ctrl-C lets the iteration finish);
-    left to interpreter exit after an error, multiprocessing would terminate and join them, and wait for ever."""
-    iterator, loader._iterator = loader._iterator, None  # None without workers (nothing to stop)
-    if iterator is not None:
-        iterator._shutdown_workers()
 
 
 def source_batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -548,25 +504,12 @@ def snapshot_prefix(args: argparse.Namespace) -> str:
     return SOURCES[args.source or "gta5"].snapshot_prefix
 
 
-def dataset_error_message(exc: Exception) -> str:
-    """The one-line message of a :class:`DatasetError`, also when a DataLoader worker re-raised it ("Caught
-    DatasetError in DataLoader worker process 0. Original Traceback ...": only its last line is the message)."""
-    text = str(exc).strip()
-    if "Original Traceback" in text:
-        text = text.splitlines()[-1].split("DatasetError: ", 1)[-1]
-    return text
-
-
 # ---- the run --------------------------------------------------------------------------------------------------------
 
 
-def _error(message: str) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    return 1
-
-
 def main(args: argparse.Namespace) -> int:
-    """Run the training; returns the exit status (0 done, 1 error, 128+signal when stopped by a signal).
+    """Run the training; returns the exit status (0 done, 1 data or runtime error, 2 usage error, 128+signal when
+    stopped by a signal).
 
     Under ``torchrun`` every rank runs this: it joins the process group first (NCCL on CUDA, gloo on the CPU; one
     GPU per rank, ``LOCAL_RANK``) and leaves it at the end; only rank 0 logs at INFO level and writes files.
@@ -579,53 +522,81 @@ def main(args: argparse.Namespace) -> int:
         configure_backends(device, args.deterministic)
         init_distributed(device)
     except (ValueError, RuntimeError) as exc:
-        return _error(str(exc))
-    rc = 1
+        return fail(PROG, str(exc), 2 if isinstance(exc, UsageError) else 1)
+    rc, lock = 1, SnapshotDirLock()
     try:
-        rc = train(args, device)
+        rc = train(args, device, lock)
     finally:
-        cleanup_distributed(barrier=rc != 1)  # after an error another rank may not reach the barrier
+        lock.release()
+        cleanup_distributed(barrier=rc not in (1, 2))  # after an error another rank may not reach the barrier
     return rc
 
 
-def train(args: argparse.Namespace, device: torch.device) -> int:
-    """:func:`main` after the device and process-group set-up: checks, set-up, the loop, snapshots."""
+def claim_snapshot_dir(lock: SnapshotDirLock, snapshot_dir: Path, device: torch.device, create: bool) -> None:
+    """Rank 0 locks ``--snapshot-dir`` (creating it first with ``create``; without, only if it exists already) and
+    every rank learns the verdict: all raise :class:`SnapshotDirBusy` when another run holds it."""
+    busy = None
+    if is_main_process() and not lock.held and (create or snapshot_dir.is_dir()):
+        try:
+            if create:
+                check_writable_dir(snapshot_dir, "--snapshot-dir")
+            lock.acquire(snapshot_dir)
+        except SnapshotDirBusy as exc:
+            busy = exc
+    if all_reduce_max_int(busy is not None, device):
+        raise busy or SnapshotDirBusy(f"--snapshot-dir {snapshot_dir} is in use by another training run")
+
+
+def prepare(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock):
+    """Everything before the first iteration, cheapest checks first: the flags, the snapshot folder's lock (when it
+    exists), the data, the training state, the networks; only then the folders are created, so that a refused run
+    leaves nothing behind. Returns ``(trainer, source set, target set, training state or None, first iteration)``."""
     args.world_size = get_world_size()  # recorded in args.json and the training state (a resume compares it)
-    main_process = is_main_process()
-    try:
-        validate_args(args)
-        snapshot_dir = check_writable_dir(args.snapshot_dir, "--snapshot-dir")
-        if args.tensorboard and main_process:
-            check_writable_dir(args.log_dir, "--log-dir")
-    except ValueError as exc:
-        return _error(str(exc))
-    if main_process:
-        remove_stale_temporaries(snapshot_dir)
+    validate_args(args)
+    snapshot_dir = Path(args.snapshot_dir)
+    claim_snapshot_dir(lock, snapshot_dir, device, create=False)  # a second run on a folder in use stops here
     resume_path = None
     if args.resume:
         resume_path = find_resume_file(snapshot_dir) if args.resume == "auto" else Path(args.resume)
         if resume_path is None:
             logger.info("--resume auto: no %s in %s yet; starting afresh", RESUME_NAME, snapshot_dir)
     args.resume_path = str(resume_path) if resume_path else None
-    try:
-        state = load_training_state(resume_path) if resume_path else None
-        source_set, target_set = build_datasets(args)  # data checks first: before any expensive set-up
-        seed_everything(args.random_seed)
-        t = build_training(args, device)
-        start_iter = restore_training_state(state, resume_path, nets=t.nets, optimizers=t.optimizers,
-                                            scaler=t.scaler, args=args_to_json(args),
-                                            model_name=args.model) if state else 0
-    except (DatasetError, CheckpointMismatchError, FileNotFoundError, IsADirectoryError, ValueError, OSError) as exc:
-        return _error(str(exc))
-    wrap_distributed(t)
+    state = load_training_state(resume_path) if resume_path else None
+    source_set, target_set = build_datasets(args)  # data checks: before any expensive set-up
+    seed_everything(args.random_seed)
+    t = build_training(args, device)
+    start_iter = restore_training_state(state, resume_path, nets=t.nets, optimizers=t.optimizers, scaler=t.scaler,
+                                        args=args_to_json(args), model_name=args.model) if state else 0
+    claim_snapshot_dir(lock, snapshot_dir, device, create=True)
+    if args.tensorboard and is_main_process():
+        check_writable_dir(args.log_dir, "--log-dir")
+    if is_main_process():
+        remove_stale_temporaries(snapshot_dir)
+    return t, source_set, target_set, state, start_iter
 
+
+def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock) -> int:
+    """:func:`main` after the device and process-group set-up: :func:`prepare`, then the loop and its outputs."""
+    try:
+        t, source_set, target_set, state, start_iter = prepare(args, device, lock)
+    except (UsageError, SnapshotDirBusy) as exc:
+        return fail(PROG, str(exc), 2)
+    except (DatasetError, CheckpointMismatchError, FileNotFoundError, IsADirectoryError, ValueError, OSError) as exc:
+        return fail(PROG, str(exc))
+    wrap_distributed(t)
+    main_process, snapshot_dir = is_main_process(), Path(args.snapshot_dir)
     per_iter = args.iter_size * args.batch_size * get_world_size()
     positions = state["data_positions"] if state else {"source": 0, "target": 0}
-    loaders = [build_loader(source_set, args, device, positions["source"], salt=0),
-               build_loader(target_set, args, device, positions["target"], salt=1)]
+    loaders = [training_loader(ds, batch_size=args.batch_size, num_workers=args.num_workers, seed=args.random_seed,
+                               start=positions[domain], salt=salt, rank=get_rank(), world_size=get_world_size(),
+                               pin_memory=device.type == "cuda")
+               for salt, (domain, ds) in enumerate((("source", source_set), ("target", target_set)))]
     batches = source_batches(loaders[0]), target_batches(loaders[1])
     if main_process:
-        write_args_json(args, snapshot_dir)
+        try:
+            write_args_json(args, snapshot_dir)
+        except WriteError as exc:
+            return fail(PROG, str(exc))
         print(f"exp = {args.snapshot_dir}", flush=True)
     if not t.use_aux:
         reason = ("DeeplabVGG has a single output" if args.model == "DeeplabVGG"
@@ -637,21 +608,39 @@ def train(args: argparse.Namespace, device: torch.device) -> int:
     if start_iter >= end_iter:
         print(f"nothing to do: the training state is at iteration {start_iter}, the run stops at {end_iter}")
         return 0
+    if main_process:
+        to_come = len({i for i in range(start_iter, end_iter) if i % args.save_pred_every == 0 and i} | {end_iter - 1})
+        warning = snapshot_space_warning(snapshot_dir, t.nets, to_come)
+        if warning:
+            logger.warning(warning)
     writer = None
     if args.tensorboard and main_process:
         from tensorboardX import SummaryWriter
 
         writer = SummaryWriter(args.log_dir)
 
+    good = {"snapshot": None, "state": start_iter if state else None}  # the last complete files of this run
+
     def save(tag: int | None, next_iter: int) -> None:
-        """Rank 0: the snapshot ``<prefix>_<tag>`` (unless None) and the training state before ``next_iter``."""
+        """Rank 0: the snapshot ``<prefix>_<tag>`` (unless None) and the training state before ``next_iter``. A
+        failed write (full disk, ...) raises WriteError saying which files are good and how to continue."""
         if not main_process:
             return
-        if tag is not None:
-            save_snapshot(snapshot_dir, tag, (t.model, t.model_D1, t.model_D2), prefix=snapshot_prefix(args))
-        done = {k: positions[k] + (next_iter - start_iter) * per_iter for k in ("source", "target")}
-        save_training_state(resume_file, next_iter=next_iter, nets=t.nets, optimizers=t.optimizers,
-                            data_positions=done, args=args_to_json(args), scaler=t.scaler)
+        try:
+            if tag is not None:
+                save_snapshot(snapshot_dir, tag, (t.model, t.model_D1, t.model_D2), prefix=snapshot_prefix(args))
+                good["snapshot"] = tag
+            done = {k: positions[k] + (next_iter - start_iter) * per_iter for k in ("source", "target")}
+            save_training_state(resume_file, next_iter=next_iter, nets=t.nets, optimizers=t.optimizers,
+                                data_positions=done, args=args_to_json(args), scaler=t.scaler)
+            good["state"] = next_iter
+        except WriteError as exc:
+            snap = (f"{snapshot_prefix(args)}_{good['snapshot']}.pth (with _D1, _D2)" if good["snapshot"] is not None
+                    else "none written by this run")
+            resume = (f"{resume_file} continues at iteration {good['state']}" if good["state"] is not None
+                      else f"no {RESUME_NAME} from this run")
+            raise WriteError(f"{exc}; the last complete snapshot: {snap}; {resume}. Free space (or move the folder "
+                             "elsewhere) and continue with --resume auto") from None
 
     from tqdm import tqdm
 
@@ -660,44 +649,49 @@ def train(args: argparse.Namespace, device: torch.device) -> int:
     visuals: dict = {}
     with StopRequest() as stop:
         try:
-            for i_iter in range(start_iter, args.num_steps):
-                last = i_iter >= args.num_steps_stop - 1
-                snapshot_now = last or (i_iter % args.save_pred_every == 0 and i_iter != 0)
+            for i_iter in range(start_iter, end_iter):
+                last = i_iter == end_iter - 1
+                periodic = i_iter % args.save_pred_every == 0 and i_iter != 0
+                stop_now = i_iter == args.num_steps_stop - 1
+                snapshot_now = periodic or stop_now or last  # the original's two kinds, and a final model always
                 want_visuals = writer is not None and args.save_num_images > 0 and snapshot_now
                 try:
                     losses = train_step(t, *batches, i_iter, visuals=visuals if want_visuals else None)
                 except NonFiniteLossError as exc:
-                    return _error(f"{exc}; stopping (snapshots already written are intact; the weights of this "
-                                  "iteration were not updated or saved)")
+                    return fail(PROG, f"{exc}; stopping (snapshots already written are intact; the weights of "
+                                      "this iteration were not updated or saved)")
                 except DatasetError as exc:  # a file that broke after the start-up checks (read by a worker)
-                    return _error(f"iteration {i_iter}: {dataset_error_message(exc)}; stopping (snapshots already "
-                                  "written are intact; run tools/check_data.py, fix the file, then --resume auto)")
+                    return fail(PROG, f"iteration {i_iter}: {dataset_error_message(exc)}; stopping (snapshots "
+                                      "already written are intact; run tools/check_data.py, fix the file, then "
+                                      "--resume auto)")
                 if main_process:
-                    if i_iter % args.log_every == 0 or i_iter == end_iter - 1:
+                    if i_iter % args.log_every == 0 or last:
                         tqdm.write(format_log_line(i_iter, args.num_steps, losses))
                         sys.stdout.flush()
-                    bar.set_postfix({k: f"{losses[k]:.3f}" for k in ("loss_seg2", "loss_adv2", "loss_D2")},
+                    bar.set_postfix({k: f"{losses[k]:.3f}" for k in ("loss_seg2", "loss_adv_target2", "loss_D2")},
                                     refresh=False)
                     bar.update(1)
                     if writer is not None and i_iter % 10 == 0:
                         for name, value in losses.items():
                             writer.add_scalar(name, value, i_iter)
                 if snapshot_now:
+                    # the original's names: <i> for a periodic snapshot, the step count at the end
+                    tag = i_iter if periodic and not stop_now else i_iter + 1
                     if main_process:
-                        tqdm.write("save model ..." if last else "taking snapshot ...")
-                    save(args.num_steps_stop if last else i_iter, i_iter + 1)
+                        tqdm.write("taking snapshot ..." if tag == i_iter else "save model ...")
+                    save(tag, i_iter + 1)
                     if writer is not None and visuals:
                         log_images(writer, visuals, args.save_num_images, i_iter)
-                    if last:
-                        break
                 signum = all_reduce_max_int(stop.signum or 0, device)  # a signal to any rank stops them all here
-                if signum:
+                if signum and not last:
                     save(None, i_iter + 1)
                     if main_process:
                         print(f"{signal.Signals(signum).name}: saved the training state after iteration {i_iter} "
                               f"to {resume_file}; continue with --resume {resume_file} (or --resume auto)",
                               file=sys.stderr, flush=True)
                     return 128 + signum
+        except WriteError as exc:
+            return fail(PROG, str(exc))
         finally:
             bar.close()
             if writer is not None:

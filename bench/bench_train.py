@@ -63,6 +63,7 @@ from tools.make_synthetic_data import make_synthetic_datasets  # noqa: E402
 from utils.cli import parse_size  # noqa: E402
 from utils.device import configure_backends, seed_everything  # noqa: E402
 from utils.optim import FaithfulSGD  # noqa: E402
+from utils.sampling import training_loader  # noqa: E402
 
 #: Dense (no sparsity) bf16 tensor-core peak in TFLOP/s by device-name substring; first match wins.
 BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -291,8 +292,11 @@ class Ours:
         source_set, target_set = train.build_datasets(targs)
         seed_everything(targs.random_seed)
         self.setup = train.build_training(targs, device)
-        self.source = TimedIterator(train.source_batches(train.build_loader(source_set, targs, device, 0, salt=0)))
-        self.target = TimedIterator(train.target_batches(train.build_loader(target_set, targs, device, 0, salt=1)))
+        loaders = [training_loader(ds, batch_size=targs.batch_size, num_workers=targs.num_workers,
+                                   seed=targs.random_seed, start=0, salt=salt, pin_memory=device.type == "cuda")
+                   for salt, ds in enumerate((source_set, target_set))]
+        self.source = TimedIterator(train.source_batches(loaders[0]))
+        self.target = TimedIterator(train.target_batches(loaders[1]))
 
     @property
     def wait(self) -> float:

@@ -193,3 +193,12 @@ def check_label_modes_sample(paths: Sequence[str | Path], hint: str = GTA5_LABEL
                                "re-download or re-extract it)") from None
         if mode not in LABEL_MODES:
             raise LabelFormatError(f"label {path} has mode {mode!r}, expected 'P' or 'L'. {hint}")
+
+
+def dataset_error_message(exc: Exception) -> str:
+    """The one-line message of a :class:`DatasetError`, also when a DataLoader worker re-raised it ("Caught
+    DatasetError in DataLoader worker process 0. Original Traceback ...": only its last line is the message)."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        text = text.splitlines()[-1].split("DatasetError: ", 1)[-1]
+    return text

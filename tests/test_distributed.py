@@ -68,7 +68,7 @@ def test_two_ranks_equal_weights_one_file_set_and_the_iter_size_equivalent(data,
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # one set of files, written once (rank 0): snapshots at 2 and at the stop (4), the state, the arguments
     assert sorted(p.name for p in snap.iterdir()) == [
-        "GTA5_2.pth", "GTA5_2_D1.pth", "GTA5_2_D2.pth", "GTA5_4.pth", "GTA5_4_D1.pth", "GTA5_4_D2.pth",
+        ".lock", "GTA5_2.pth", "GTA5_2_D1.pth", "GTA5_2_D2.pth", "GTA5_4.pth", "GTA5_4_D1.pth", "GTA5_4_D2.pth",
         "args.json", "resume.pth"]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("iter =")]
     assert len(lines) == 4  # logged by rank 0 only

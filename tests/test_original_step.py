@@ -85,7 +85,7 @@ def test_train_step_equals_the_original_iteration(gan, level, iter_size):
         else:  # the shortcut logs the auxiliary terms as 0; the main ones are the original's
             for k in (1, 3, 5):
                 assert ours[train.LOSS_NAMES[k]] == pytest.approx(theirs[k], rel=1e-5, abs=1e-7)
-            assert ours["loss_seg1"] == ours["loss_adv1"] == ours["loss_D1"] == 0
+            assert ours["loss_seg1"] == ours["loss_adv_target1"] == ours["loss_D1"] == 0
         compared, worst = 0, (0.0, "")
         for key, value in after_port.items():
             if level == "single" and (key.startswith(("model.layer5.", "D1."))):

@@ -83,7 +83,7 @@ def reference(data, tmp_path_factory):
 def test_reference_run_snapshots_log_and_schedule(reference):
     snap, out = reference
     names = sorted(p.name for p in snap.iterdir() if p.is_file())
-    assert names == ["GTA5_2.pth", "GTA5_2_D1.pth", "GTA5_2_D2.pth", "GTA5_4.pth", "GTA5_4_D1.pth", "GTA5_4_D2.pth",
+    assert names == [".lock", "GTA5_2.pth", "GTA5_2_D1.pth", "GTA5_2_D2.pth", "GTA5_4.pth", "GTA5_4_D1.pth", "GTA5_4_D2.pth",
                      "args.json", "resume.pth"]
     # plain state_dicts that load strictly into the networks
     DeeplabMulti(19, layers=LAYERS).load_state_dict(_load(snap / "GTA5_4.pth"))
@@ -135,8 +135,8 @@ def test_tensorboard_scalars_and_images(reference):
     snap, _ = reference
     events = _read_events(snap / "tb")
     scalars = {(v.tag, e.step) for e in events for v in e.summary.value if v.HasField("simple_value")}
-    for name in ("loss_seg1", "loss_seg2", "loss_adv1", "loss_adv2", "loss_D1", "loss_D2"):
-        assert (name, 0) in scalars  # every 10 iterations: only iteration 0 in a 4-iteration run
+    for name in ("loss_seg1", "loss_seg2", "loss_adv_target1", "loss_adv_target2", "loss_D1", "loss_D2"):
+        assert (name, 0) in scalars  # the original's tags  # every 10 iterations: only iteration 0 in a 4-iteration run
     assert not any(step != 0 for _, step in scalars)
     images = {(v.tag, e.step) for e in events for v in e.summary.value if v.HasField("image")}
     assert {("source/0/prediction", 2), ("source/0/label", 2), ("target/0/prediction", 2),
@@ -395,7 +395,7 @@ def test_deeplab_vgg_trains_single_output():
     before = _state(setup)
     losses = train.train_step(setup, *_batches(1, 1), i_iter=0)
     after = _state(setup)
-    assert losses["loss_seg1"] == 0 and losses["loss_adv1"] == 0 and losses["loss_D1"] == 0
+    assert losses["loss_seg1"] == 0 and losses["loss_adv_target1"] == 0 and losses["loss_D1"] == 0
     assert losses["loss_seg2"] > 0 and losses["loss_D2"] > 0
     assert not torch.equal(before["model.features.0.weight"], after["model.features.0.weight"])
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("D1."))
@@ -499,35 +499,83 @@ def test_model_aliases_accepted():
     assert parser.parse_args(["--is-training"]).is_training  # accepted (documented: no effect)
 
 
-def test_clear_errors_before_training(data, tmp_path, capsys):
+def test_clear_errors_before_training_and_nothing_created(data, tmp_path, capsys):
+    """Each refused run: exit 1 (data, files) or 2 (flags), one line ``train_gta2cityscapes_multi.py: error: ...``,
+    no traceback, and no --snapshot-dir created."""
+    prefix = "train_gta2cityscapes_multi.py: error: "
     missing = tmp_path / "nowhere"
     argv = _argv(data, tmp_path / "snap")
     argv[argv.index("--data-dir") + 1] = str(missing)
-    assert train.main(train.get_args_parser().parse_args(argv)) == 1
-    err = capsys.readouterr().err
-    assert f"error: GTA5 data directory {missing} does not exist" in err and "Traceback" not in err
+    torch.save(FCDiscriminator(19).state_dict(), tmp_path / "d.pth")
+    cases = [
+        (argv, 1, f"{prefix}GTA5 data directory {missing} does not exist"),
+        (_argv(data, tmp_path / "snap", "--restore-from", str(tmp_path / "d.pth")), 1,
+         f"{prefix}initialisation weights do not fit DeeplabMulti"),
+        (_argv(data, tmp_path / "snap", "--restore-from", str(tmp_path / "absent.pth")), 1, "no such file"),
+        (_argv(data, tmp_path / "snap", "--input-size-target", "24,24"), 2,
+         f"{prefix}--input-size-target 24,24: the discriminators need W and H of at least 32"),
+        (_argv(data, tmp_path / "snap", "--model", "DeeplabVGG", "--restore-from", train.RESTORE_FROM), 2,
+         "does not fit VGG-16"),
+        (_argv(data, tmp_path / "snap", "--resume", str(tmp_path / "d.pth")), 1, "not a training state"),
+        (_argv(data, tmp_path / "snap", "--target", "crosscity"), 2, f"{prefix}--target crosscity needs --city"),
+    ]
+    for case_argv, code, message in cases:
+        assert train.main(train.get_args_parser().parse_args(case_argv)) == code, message
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not (tmp_path / "snap").exists(), message  # a refused run leaves no empty --snapshot-dir
 
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     assert _run(data, blocker / "snap") == 1
-    assert "error: --snapshot-dir" in capsys.readouterr().err
+    assert f"{prefix}--snapshot-dir" in capsys.readouterr().err
 
-    torch.save(FCDiscriminator(19).state_dict(), tmp_path / "d.pth")
-    assert _run(data, tmp_path / "snap", "--restore-from", str(tmp_path / "d.pth")) == 1
-    assert "error: initialisation weights do not fit DeeplabMulti" in capsys.readouterr().err
 
-    assert _run(data, tmp_path / "snap", "--restore-from", str(tmp_path / "absent.pth")) == 1
-    assert "no such file" in capsys.readouterr().err
+def test_usage_error_is_short(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.get_args_parser().parse_args(["--gan", "WGAN"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("usage: train_gta2cityscapes_multi.py [options]") and len(err) == 2
+    assert err[1].startswith("train_gta2cityscapes_multi.py: error: argument --gan: invalid choice: 'WGAN'")
 
-    assert _run(data, tmp_path / "snap", "--input-size-target", "24,24") == 1
-    assert "--input-size-target 24,24: the discriminators need W and H of at least 32" in capsys.readouterr().err
 
-    assert _run(data, tmp_path / "snap", "--model", "DeeplabVGG", "--restore-from", train.RESTORE_FROM) == 1
-    assert "does not fit VGG-16" in capsys.readouterr().err
+def test_help_shows_defaults_without_python_reprs(capsys):
+    with pytest.raises(SystemExit):
+        train.get_args_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    for expected in ("(default: 1234)", "(default: 0.0002)", "(default: ./snapshots/)", "(default: 3,4,23,3)",
+                     "GTA5: 1280,720", "(default: Vanilla)"):
+        assert expected in text, expected
+    for vague in ("lambda_seg.", "choose adaptation set", "every often", "including background", "(default: None)",
+                  "(default: False)", "(1280, 720)"):
+        assert vague not in text, vague
 
-    assert _run(data, tmp_path / "snap", "--resume", str(tmp_path / "d.pth")) == 1
-    assert "not a training state" in capsys.readouterr().err
-    assert not list((tmp_path / "snap").glob("GTA5_*"))
+
+def test_final_model_when_the_schedule_ends_before_a_snapshot(data, tmp_path):
+    """--num-steps 3 --num-steps-stop 20 --save-pred-every 100: the original saved nothing; a final model now."""
+    argv = _argv(data, tmp_path) + ["--num-steps", "3", "--num-steps-stop", "20", "--save-pred-every", "100"]
+    assert train.main(train.get_args_parser().parse_args(argv)) == 0
+    names = sorted(p.name for p in tmp_path.glob("GTA5_*.pth"))
+    assert names == ["GTA5_3.pth", "GTA5_3_D1.pth", "GTA5_3_D2.pth"]
+    assert torch.load(tmp_path / "resume.pth", weights_only=True)["next_iter"] == 3
+    # no second copy when the last iteration is a periodic snapshot: --num-steps 3 --save-pred-every 2 -> GTA5_2
+    assert _run(data, tmp_path / "b", "--num-steps", "3", "--num-steps-stop", "20", "--save-pred-every", "2") == 0
+    assert sorted(p.name for p in (tmp_path / "b").glob("GTA5_*.pth")) == ["GTA5_2.pth", "GTA5_2_D1.pth",
+                                                                          "GTA5_2_D2.pth"]
+
+
+def test_files_follow_the_umask(data, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert _run(data, tmp_path, "--num-steps-stop", "2") == 0
+    finally:
+        os.umask(old)
+    import utils.files
+
+    expected = 0o666 & ~utils.files.UMASK  # read once at import: 0o644 under the usual 022
+    for name in ("GTA5_2.pth", "GTA5_2_D1.pth", "resume.pth", "args.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == expected, name
 
 
 # ---- data order and RNG state ----------------------------------------------------------------------------------------

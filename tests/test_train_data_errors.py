@@ -44,7 +44,7 @@ def test_truncated_file_found_mid_run_is_one_clear_error(data, tmp_path, workers
     rc = train.main(train.get_args_parser().parse_args(argv))
     err = capsys.readouterr().err
     assert rc == 1
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    lines = [ln for ln in err.splitlines() if ln.startswith("train_gta2cityscapes_multi.py: error: ")]
     assert len(lines) == 1, err
     assert str(source / "images" / names[0]) in lines[0]
     assert "truncated" in lines[0] and "--resume auto" in lines[0]

@@ -9,6 +9,8 @@ previous file or none, never a half-written one):
   faithful optimizers' listings and buffers), the next iteration, the RNG states, the data-order positions and the
   arguments. Everything in it loads with ``torch.load(weights_only=True)``.
 
+A running training holds the folder's lock (:class:`SnapshotDirLock`), so two runs cannot write over each other.
+
 Library code only: nothing here parses arguments or prints, except :class:`StopRequest`'s one line to stderr when a
 signal arrives (the user pressed Ctrl-C and must learn what happens next).
 """
@@ -221,3 +223,76 @@ class StopRequest:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+
+
+class SnapshotDirBusy(RuntimeError):
+    """Another training run holds the snapshot folder's lock."""
+
+
+class SnapshotDirLock:
+    """One training run per snapshot folder: an exclusive ``fcntl.flock`` on ``<dir>/.lock`` held for the run's
+    lifetime. The kernel drops it when the process ends, however it ends, so a killed run leaves no stale lock; the
+    file itself stays (removing it would let a third run lock a new file while the second holds the old one). The
+    holder writes its pid and start time into it, for the message the next run prints."""
+
+    NAME = ".lock"
+
+    def __init__(self) -> None:
+        self._file = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self, directory: Path) -> None:
+        """Lock ``directory`` (which must exist); raises :class:`SnapshotDirBusy` naming the holder."""
+        import datetime
+        import fcntl
+        import os
+
+        f = open(Path(directory) / self.NAME, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise SnapshotDirBusy(f"--snapshot-dir {directory} is in use by another training run ({holder}); use "
+                                  "another folder or stop that run") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}, started {datetime.datetime.now().isoformat(sep=' ', timespec='seconds')}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor releases the flock
+            self._file = None
+
+
+def snapshot_space_warning(snapshot_dir: Path, nets: Mapping[str, nn.Module], snapshots_to_come: int) -> str | None:
+    """A warning when ``snapshot_dir``'s free space cannot hold what the run will write, else None.
+
+    Estimates from the networks: a snapshot set is their weights and buffers; the training state adds the momentum
+    of the segmentation network's parameters and Adam's two moments of the discriminators'. While a new training
+    state is written the old one still exists (atomic writes), so one more state is counted. A warning, not an
+    error: disks get freed during runs.
+    """
+    from utils.files import free_bytes, human_bytes
+
+    def size(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    snapshot = sum(size(unwrap(net).state_dict().values()) for net in nets.values())
+    state = snapshot + size(unwrap(nets["model"]).parameters()) + 2 * sum(
+        size(unwrap(nets[k]).parameters()) for k in ("model_D1", "model_D2"))
+    free = free_bytes(snapshot_dir)
+    next_set, whole_run = snapshot + 2 * state, snapshots_to_come * snapshot + 2 * state
+    if free >= whole_run:
+        return None
+    what = ("not even the next snapshot set and training state" if free < next_set
+            else f"not all {snapshots_to_come} snapshot sets still to come")
+    return (f"--snapshot-dir {snapshot_dir} has {human_bytes(free)} free: {what} (a set is about "
+            f"{human_bytes(snapshot)}, a training state about {human_bytes(state)}, written next to the previous "
+            f"one; about {human_bytes(whole_run)} for the rest of the run); free space or use another folder")

@@ -16,20 +16,28 @@ logger = logging.getLogger(__name__)
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def select_device(cpu: bool = False, gpu: int = 0) -> torch.device:
-    """CUDA device ``gpu`` when available and not ``cpu``; else the CPU (with a log line saying so).
+def select_device(cpu: bool = False, gpu: int | None = None) -> torch.device:
+    """The CPU with ``cpu``; else CUDA device ``gpu`` (default 0; under ``torchrun`` the local rank's).
 
-    Under ``torchrun`` (``WORLD_SIZE`` > 1) the local rank picks the GPU instead of ``gpu``.
+    Without CUDA: an explicit ``gpu`` raises :class:`utils.cli.UsageError` (the user asked for a GPU that is not
+    there; ``--cpu`` says what they may want instead); without ``gpu`` the CPU is used, with a WARNING.
     """
+    from utils.cli import UsageError
+
     if cpu:
         return torch.device("cpu")
-    if not torch.cuda.is_available():
-        logger.info("CUDA is not available: running on the CPU")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        if gpu is not None:
+            raise UsageError(f"--gpu {gpu}: CUDA is not available on this machine; pass --cpu to run on the CPU")
+        logger.warning("CUDA is not available: running on the CPU (pass --cpu to say so and silence this)")
         return torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         gpu = int(os.environ.get("LOCAL_RANK", 0))
-    if gpu >= torch.cuda.device_count():
-        raise ValueError(f"--gpu {gpu}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    gpu = 0 if gpu is None else gpu
+    if not 0 <= gpu < count:
+        raise UsageError(f"--gpu {gpu}: only {count} CUDA device(s) are visible (0..{count - 1}); pass another "
+                         "--gpu or --cpu")
     torch.cuda.set_device(gpu)
     return torch.device("cuda", gpu)
 

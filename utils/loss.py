@@ -1,10 +1,10 @@
 """Training losses: the segmentation cross-entropy and the two adversarial objectives.
 
 * :class:`CrossEntropy2d` is the original's ``utils/loss.py`` criterion: the mean cross-entropy over the pixels whose
-  label is ``>= 0`` and ``!= ignore_label``. When a batch has no such pixel the original returned a fresh zero (and
-  the PyTorch 0.4 script's ``nn.CrossEntropyLoss(ignore_index=255)`` returns NaN); here it is a zero that still
-  backpropagates (all-zero gradients), so a crop that happens to be all "ignore" neither stops the run nor breaks
-  ``backward()``.
+  label is ``>= 0`` and ``!= ignore_label``. A batch with no such pixel gives 0 with zero gradients, as PyTorch 0.4
+  did (its cross-entropy divided by the total weight only when that was positive; NaN appears only when the
+  original code runs on PyTorch >= 1.11). Here it is a zero connected to the prediction, so ``backward()`` works and
+  a crop that happens to be all "ignore" does not stop the run.
 * :class:`AdversarialLoss`: ``Vanilla`` is ``BCEWithLogitsLoss`` and ``LS`` (least-squares GAN) is ``MSELoss``,
   each against a target filled with the domain label (the original's ``source_label = 0``, ``target_label = 1``).
 """

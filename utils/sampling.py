@@ -1,4 +1,4 @@
-"""A seeded, resumable (and shardable) order over a dataset, for the training loaders.
+"""The training loaders: a seeded, resumable (and shardable) order over a dataset, and the DataLoader around it.
 
 The original shuffled with ``DataLoader(shuffle=True)``: an order drawn from the global RNG, lost on a restart. Here
 the order is a pure function of ``(seed, epoch)``, so a resumed run can skip exactly the samples the interrupted run
@@ -20,7 +20,10 @@ from typing import Iterator
 import torch
 from torch.utils.data import Sampler
 
-__all__ = ["ResumableSampler", "ignore_stop_signals_in_worker"]
+__all__ = ["ResumableSampler", "ignore_stop_signals_in_worker", "training_loader", "shutdown_loader"]
+
+#: Batches each DataLoader worker keeps ready.
+PREFETCH_FACTOR = 2
 
 
 class ResumableSampler(Sampler[int]):
@@ -80,3 +83,24 @@ def ignore_stop_signals_in_worker(worker_id: int) -> None:
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def training_loader(dataset, *, batch_size: int, num_workers: int, seed: int, start: int, salt: int, rank: int = 0,
+                    world_size: int = 1, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """A DataLoader over ``dataset`` in the seeded, resumable order from global sample position ``start`` (each rank
+    its own share). ``num_workers`` processes, each keeping :data:`PREFETCH_FACTOR` batches ready, persistent (the
+    order never ends, so they are started once anyway) and deaf to SIGINT/SIGTERM; ``pin_memory`` on CUDA."""
+    sampler = ResumableSampler(len(dataset), seed=seed, start=start, rank=rank, num_replicas=world_size, salt=salt)
+    workers = num_workers > 0
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+        worker_init_fn=ignore_stop_signals_in_worker, generator=torch.Generator().manual_seed(seed),
+        persistent_workers=workers, prefetch_factor=PREFETCH_FACTOR if workers else None)
+
+
+def shutdown_loader(loader: torch.utils.data.DataLoader) -> None:
+    """Stop a DataLoader's persistent workers now. They ignore SIGINT/SIGTERM (a Ctrl-C lets the iteration finish);
+    left to interpreter exit after an error, multiprocessing would terminate and join them, and wait for ever."""
+    iterator, loader._iterator = loader._iterator, None  # None without workers (nothing to stop)
+    if iterator is not None:
+        iterator._shutdown_workers()
