@@ -34,8 +34,8 @@ from dataset.labels import IMG_MEAN, colorize_rgb
 from dataset.settings import CITIES, SOURCES, TARGETS, resolve_setting
 from model import FCDiscriminator, build_model
 from utils.checkpoint import (RESUME_NAME, SnapshotDirBusy, SnapshotDirLock, StopRequest, find_resume_file,
-                              load_training_state, remove_stale_temporaries, restore_training_state, save_snapshot,
-                              save_training_state, snapshot_space_warning)
+                              load_training_state, remove_stale_temporaries, restore_training_state, RunFiles,
+                              snapshot_space_warning)
 from utils.cli import ArgumentParser, UsageError, fail, parse_layers, parse_size, repo_path, usable_cpus
 from utils.device import configure_backends, resolve_amp_dtype, seed_everything, select_device
 from utils.distributed import (all_reduce_gradients_, all_reduce_max_int, all_reduce_mean_, broadcast_module_,
@@ -60,6 +60,8 @@ MIN_INPUT_SIDE = 32
 LOSS_NAMES = ("loss_seg1", "loss_seg2", "loss_adv_target1", "loss_adv_target2", "loss_D1", "loss_D2")
 LOG_FORMAT = ("iter = {0:8d}/{1:8d}, loss_seg1 = {2:.3f} loss_seg2 = {3:.3f} loss_adv1 = {4:.3f}, "
               "loss_adv2 = {5:.3f} loss_D1 = {6:.3f} loss_D2 = {7:.3f}")
+#: layer4's channels: what the discriminator of ``--adapt-space feature`` sees.
+FEATURE_CHANNELS = 2048
 #: Flags whose default depends on --source / --target (``default=None``, filled by :func:`fill_setting_defaults`).
 SETTING_FLAGS = {"data_dir": "source", "data_list": "source", "input_size": "source",
                  "data_dir_target": "target", "data_list_target": "target", "input_size_target": "target"}
@@ -73,8 +75,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     per_source = "default: the --source setting's (dataset/settings.py)"
     per_target = "default: the --target setting's (dataset/settings.py)"
     add = parser.add_argument
-    add("--model", default="DeepLab", choices=("DeepLab", "DeeplabMulti", "DeeplabVGG"),
-        help="segmentation network: DeepLab (= DeeplabMulti, multi-level ResNet-101) or DeeplabVGG (single output)")
+    add("--model", default="DeepLab", choices=("DeepLab", "DeeplabMulti", "DeeplabVGG", "Oracle"),
+        help="segmentation network: DeepLab (= DeeplabMulti, multi-level ResNet-101), DeeplabVGG or Oracle (the "
+             "single-level ResNet-101 of the released oracle, for --source-only --source cityscapes)")
     add("--target", default="cityscapes", choices=tuple(TARGETS), help="target domain (crosscity needs --city)")
     add("--batch-size", type=int, default=1, help="images per domain in one forward pass")
     add("--iter-size", type=int, default=1, help="forward/backward passes whose gradients add up to one step")
@@ -152,6 +155,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                           "not given take the setting's defaults; snapshots are named after it (GTA5_<i>.pth, "
                           "SYNTHIA_<i>.pth, Synscapes_<i>.pth, Cityscapes_<i>.pth)")
     new.add_argument("--city", choices=CITIES, help="the Cross-City city of --target crosscity")
+    new.add_argument("--source-only", action="store_true",
+                     help="the paper's source-only baseline (and, with --source cityscapes, the oracle): no target "
+                          "images, no discriminators; the same segmentation step, schedule and snapshots")
+    new.add_argument("--adapt-space", default="output", choices=("output", "feature"),
+                     help="what the discriminator sees: the softmax output (the paper's method) or, for the paper's "
+                          "feature-adaptation baseline, layer4's features (single-level, D2 on 2048 channels; "
+                          "docs/training.md)")
 
     speed = parser.add_argument_group("speed and multi-GPU (beyond the original; several GPUs: torchrun "
                                       "--nproc-per-node=N train_gta2cityscapes_multi.py ...)")
@@ -194,7 +204,7 @@ def validate_args(args: argparse.Namespace) -> None:
         torchvision_restore_weights(args.restore_from)  # "torchvision:" without a weights name fails here
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.source == args.target == "cityscapes":
+    if args.source == args.target == "cityscapes" and not args.source_only:
         logger.warning("--source cityscapes --target cityscapes: adapting Cityscapes to itself")
     for flag in ("batch_size", "iter_size", "num_steps", "num_steps_stop", "save_pred_every", "log_every",
                  "num_classes"):
@@ -203,6 +213,9 @@ def validate_args(args: argparse.Namespace) -> None:
     for flag in ("num_workers", "save_num_images"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
+    if args.adapt_space == "feature" and (args.model == "DeeplabVGG" or args.source_only):
+        raise UsageError("--adapt-space feature puts D2 on the ResNet's layer4 features: it needs --model DeepLab "
+                         "and discriminators (not --source-only)")
     if args.model == "DeeplabVGG" and args.restore_from == RESTORE_FROM:
         raise UsageError("--model DeeplabVGG: the default --restore-from is the ResNet-101 initialisation and does "
                          "not fit VGG-16; pass --restore-from with a torchvision-layout VGG-16 state_dict (features "
@@ -219,16 +232,17 @@ def validate_args(args: argparse.Namespace) -> None:
 
 @dataclass
 class Trainer:
-    """Everything :func:`train_step` needs. ``model`` may be wrapped in DDP (snapshots unwrap it)."""
+    """Everything :func:`train_step` needs. ``model`` may be wrapped in DDP (snapshots unwrap it); ``--source-only``
+    builds no discriminators (``model_D1``, ``model_D2`` and their optimizers None)."""
 
     args: argparse.Namespace
     device: torch.device
     model: nn.Module
-    model_D1: nn.Module
-    model_D2: nn.Module
+    model_D1: nn.Module | None
+    model_D2: nn.Module | None
     optimizer: torch.optim.Optimizer
-    optimizer_D1: torch.optim.Optimizer
-    optimizer_D2: torch.optim.Optimizer
+    optimizer_D1: torch.optim.Optimizer | None
+    optimizer_D2: torch.optim.Optimizer | None
     seg_loss: nn.Module
     adv_loss: nn.Module
     #: aux classifier loss and D1 computed (False: a single-output model, or the single-level shortcut)
@@ -237,33 +251,47 @@ class Trainer:
     amp_dtype: torch.dtype | None
     scaler: torch.amp.GradScaler
     memory_format: torch.memory_format
+    #: ``--adapt-space feature``: the last layer4 output, caught by a forward hook (what D2 sees)
+    features: list
+
+    @property
+    def discriminators(self) -> list[nn.Module]:
+        """The discriminators this run trains: D1 and D2, D2 only (single-level, feature space) or none."""
+        active = [self.model_D1, self.model_D2] if self.use_aux else [self.model_D2]
+        return [d for d in active if d is not None]
 
     @property
     def nets(self) -> dict[str, nn.Module]:
-        return {"model": self.model, "model_D1": self.model_D1, "model_D2": self.model_D2}
+        nets = {"model": self.model, "model_D1": self.model_D1, "model_D2": self.model_D2}
+        return {k: v for k, v in nets.items() if v is not None}
 
     @property
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"optimizer": self.optimizer, "optimizer_D1": self.optimizer_D1, "optimizer_D2": self.optimizer_D2}
+        opts = {"optimizer": self.optimizer, "optimizer_D1": self.optimizer_D1, "optimizer_D2": self.optimizer_D2}
+        return {k: v for k, v in opts.items() if v is not None}
 
 
-def build_networks(args: argparse.Namespace, device: torch.device) -> tuple[nn.Module, nn.Module, nn.Module]:
+def build_networks(args: argparse.Namespace, device: torch.device) -> list[nn.Module | None]:
     """The segmentation network (``--restore-from``'s weights unless resuming) and D1, D2, built in the original's
-    order (network, D1, D2: the seeded RNG gives the same initial weights), in train mode, on ``device``."""
+    order (network, D1, D2: the seeded RNG gives the same initial weights), in train mode, on ``device``. D2 of
+    ``--adapt-space feature`` sees layer4's 2048 feature channels; ``--source-only`` builds no discriminator."""
     resuming = bool(getattr(args, "resume_path", None))
     model = build_model(args.model, args.num_classes, all_branches=args.all_branches,
                         freeze_bn_stats=args.freeze_bn_stats, layers=args.resnet_layers)
     if not resuming:
         restore_segmentation_weights(model, args.restore_from, args.model, args.num_classes, args.not_restore_last)
-    discriminators = FCDiscriminator(num_classes=args.num_classes), FCDiscriminator(num_classes=args.num_classes)
-    for net, path, flag in zip(discriminators, (args.restore_from_D1, args.restore_from_D2),
+    nets = [model, None, None]
+    if not args.source_only:
+        d2_channels = FEATURE_CHANNELS if args.adapt_space == "feature" else args.num_classes
+        nets[1:] = FCDiscriminator(num_classes=args.num_classes), FCDiscriminator(num_classes=d2_channels)
+    for net, path, flag in zip(nets[1:], (args.restore_from_D1, args.restore_from_D2),
                                ("--restore-from-D1", "--restore-from-D2")):
-        if path and not resuming:
+        if net is not None and path and not resuming:
             load_weights_file(net, path, flag, "FCDiscriminator")
-    return tuple(net.train().to(device) for net in (model, *discriminators))
+    return [net if net is None else net.train().to(device) for net in nets]
 
 
-def build_optimizers(args: argparse.Namespace, model: nn.Module, model_D1: nn.Module, model_D2: nn.Module):
+def build_optimizers(args: argparse.Namespace, model: nn.Module, *discriminators: nn.Module | None):
     """The original's optimizers: SGD on ``model.optim_parameters`` (backbone with its duplicate listings at lr,
     classifiers at 10x) and Adam(betas=(0.9, 0.99)) per discriminator, with PyTorch 0.4's arithmetic
     (:class:`~utils.optim.FaithfulSGD`, :class:`~utils.optim.Adam04`); ``--modern-optim``: today's torch.optim on
@@ -273,13 +301,15 @@ def build_optimizers(args: argparse.Namespace, model: nn.Module, model_D1: nn.Mo
     else:
         sgd, adam, groups = FaithfulSGD, Adam04, model.optim_parameters(args.learning_rate)
     optimizer = sgd(groups, lr=args.learning_rate, momentum=args.momentum, weight_decay=args.weight_decay)
-    return (optimizer, *(adam(d.parameters(), lr=args.learning_rate_D, betas=(0.9, 0.99)) for d in (model_D1, model_D2)))
+    return optimizer, *(d and adam(d.parameters(), lr=args.learning_rate_D, betas=(0.9, 0.99)) for d in discriminators)
 
 
 def is_single_level(args: argparse.Namespace) -> bool:
-    """No auxiliary path: a single-output model, or ``--lambda-seg 0 --lambda-adv-target1 0`` (the shortcut: the
-    auxiliary output then cannot change the main output, so neither it nor D1 is computed)."""
-    return args.model == "DeeplabVGG" or (args.lambda_seg == 0 and args.lambda_adv_target1 == 0)
+    """No auxiliary path: a single-output model (VGG, Oracle), ``--adapt-space feature``, ``--source-only`` with
+    ``--lambda-seg 0``, or ``--lambda-seg 0 --lambda-adv-target1 0`` (the shortcut: the auxiliary output then cannot
+    change the main output, so neither it nor D1 is computed)."""
+    return (args.model in ("DeeplabVGG", "Oracle") or args.adapt_space == "feature"
+            or (args.lambda_seg == 0 and (args.lambda_adv_target1 == 0 or args.source_only)))
 
 
 def build_training(args: argparse.Namespace, device: torch.device) -> Trainer:
@@ -290,58 +320,52 @@ def build_training(args: argparse.Namespace, device: torch.device) -> Trainer:
     parameters, gradients, optimizers, the upsampled logits, losses and softmax stay float32. float16 only: one
     ``GradScaler`` shared by the three optimizers (bfloat16 has float32's exponent range and needs none).
     """
-    model, model_D1, model_D2 = build_networks(args, device)
+    nets = build_networks(args, device)
     amp_dtype = resolve_amp_dtype(device, args.amp_dtype) if args.amp else None
     if not args.amp and args.amp_dtype != "auto":
         logger.warning("--amp-dtype %s has no effect without --amp (training in float32)", args.amp_dtype)
     if amp_dtype is not None:
         logger.info("--amp: autocast to %s%s", str(amp_dtype).replace("torch.", ""),
                     " with a gradient scaler" if amp_dtype == torch.float16 else "")
-    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     if args.channels_last:
-        for net in (model, model_D1, model_D2):
+        for net in filter(None, nets):
             net.to(memory_format=torch.channels_last)
-    return Trainer(args, device, model, model_D1, model_D2, *build_optimizers(args, model, model_D1, model_D2),
+    features: list = []
+    if args.adapt_space == "feature":
+        nets[0].layer4.register_forward_hook(lambda module, inputs, output: features.__setitem__(slice(None), [output]))
+    return Trainer(args, device, *nets, *build_optimizers(args, *nets),
                    seg_loss=CrossEntropy2d(ignore_label=args.ignore_label), adv_loss=AdversarialLoss(args.gan),
                    use_aux=not is_single_level(args), amp_dtype=amp_dtype,
                    scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                   memory_format=memory_format)
+                   memory_format=torch.channels_last if args.channels_last else torch.preserve_format,
+                   features=features)
 
 
 def wrap_distributed(t: Trainer) -> None:
-    """Multi-process training (``torchrun``): the segmentation network in ``DistributedDataParallel``; the
-    discriminators start equal (broadcast) and their gradients are averaged by hand in :func:`train_step`.
-
-    Why not DDP for the discriminators: each iteration uses them frozen inside the generator's adversarial backward
-    and only then trains them, and D1 is unused in the single-level setting; DDP expects every forward to be
-    followed by a backward reaching all of its parameters. ``find_unused_parameters``: the classifiers' last two
-    branches never act (the original's quirk) and layer5 is unused in the single-level setting; DDP leaves such
-    gradients ``None``, so the faithful SGD skips them (no weight decay), as in one process. BatchNorm stays
-    per-rank (each rank's own images, like the original's batch of 1); its running statistics are rank 0's.
-    """
+    """``torchrun``: the segmentation network in ``DistributedDataParallel`` (``find_unused_parameters``: the
+    classifier branches the original never used, layer5 in single-level runs); the discriminators start equal and
+    :func:`train_step` averages their gradients by hand (docs/speed.md says why not DDP for them)."""
     if get_world_size() == 1:
         return
     device_ids = [t.device.index] if t.device.type == "cuda" else None
     t.model = nn.parallel.DistributedDataParallel(t.model, device_ids=device_ids, find_unused_parameters=True)
-    broadcast_module_(t.model_D1)
-    broadcast_module_(t.model_D2)
+    for d in filter(None, (t.model_D1, t.model_D2)):
+        broadcast_module_(d)
 
 
 def build_datasets(args: argparse.Namespace):
     """The training sets of ``--source`` / ``--target`` (``dataset/settings.py``), as the original built GTA5 and
     Cityscapes (their checks raise ``DatasetError``): source items ``(image, label, size, name)``, target items
-    ``(image, size, name)``, each list repeated to cover every sample of the run (all ranks)."""
+    ``(image, size, name)`` (None with ``--source-only``), each list repeated to cover every sample of the run."""
     max_iters = args.num_steps * args.iter_size * args.batch_size * get_world_size()
     common = dict(max_iters=max_iters, mirror=args.random_mirror, mean=IMG_MEAN, seed=args.random_seed)
     source = SOURCES[args.source].dataset(args.data_dir, args.data_list, crop_size=args.input_size,
                                           scale=args.random_scale, ignore_label=args.ignore_label, **common)
-    target_cls = TARGETS[args.target].dataset
-    if args.target == "crosscity":
-        target = target_cls(args.data_dir_target, args.city, args.data_list_target, crop_size=args.input_size_target,
-                            scale=False, set=args.set, **common)
-    else:
-        target = target_cls(args.data_dir_target, args.data_list_target, crop_size=args.input_size_target,
-                            scale=False, set=args.set, **common)
+    if args.source_only:
+        return source, None
+    city = (args.city,) if args.target == "crosscity" else ()
+    target = TARGETS[args.target].dataset(args.data_dir_target, *city, args.data_list_target,
+                                          crop_size=args.input_size_target, scale=False, set=args.set, **common)
     return source, target
 
 
@@ -351,7 +375,7 @@ def source_batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def target_batches(loader) -> Iterator[torch.Tensor]:
-    for images, _, _ in loader:
+    for images, _, _ in () if loader is None else loader:
         yield images
 
 
@@ -371,11 +395,12 @@ def set_requires_grad(nets, flag: bool) -> None:
             p.requires_grad = flag
 
 
-def upsampled_outputs(t: Trainer, images: torch.Tensor, size_wh: tuple[int, int]) -> list[torch.Tensor]:
+def network_outputs(t: Trainer, images: torch.Tensor, size_wh: tuple[int, int]) -> list[torch.Tensor]:
     """The network's outputs for ``images`` [N, 3, H, W]: ``[aux, main]`` (``[main]`` without the auxiliary path),
     each float32 logits [N, C, H', W'] upsampled to ``size_wh`` with the original's
     ``nn.Upsample(mode='bilinear', align_corners=True)``. Under ``--amp`` only the 1/8-resolution logits are rounded:
     they are upcast before upsampling, so the losses and the softmax fed to the discriminators are float32."""
+    t.features.clear()
     with torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
         out = t.model(images.to(t.device, non_blocking=True, memory_format=t.memory_format))
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
@@ -384,13 +409,15 @@ def upsampled_outputs(t: Trainer, images: torch.Tensor, size_wh: tuple[int, int]
             for o in outs]
 
 
-def adversarial_losses(t: Trainer, discriminators, outputs: list[torch.Tensor], label: int) -> list[torch.Tensor]:
-    """``adv_loss(D(softmax(output)), label)`` for each (discriminator, output) pair (D under ``--amp``'s autocast,
-    the loss on its float32 logits)."""
+def adversarial_losses(t: Trainer, outputs: list[torch.Tensor], label: int, detach: bool = False) -> list:
+    """``adv_loss(D(softmax(output)), label)`` for each discriminator and its output (``--adapt-space feature``:
+    ``D2(layer4 features)``, no softmax), D under ``--amp``'s autocast, the loss on its float32 logits."""
+    inputs = t.features[-1:] if t.args.adapt_space == "feature" else outputs
     losses = []
-    for d, out in zip(discriminators, outputs):
+    for d, x in zip(t.discriminators, inputs):
         with torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
-            d_out = d(F.softmax(out, dim=1))
+            x = x.detach() if detach else x
+            d_out = d(x if t.args.adapt_space == "feature" else F.softmax(x, dim=1))
         losses.append(t.adv_loss(d_out.float(), label))
     return losses
 
@@ -400,21 +427,20 @@ def train_step(t: Trainer, source_iter: Iterator, target_iter: Iterator, i_iter:
     """One iteration of the original loop; returns the six logged losses (:data:`LOSS_NAMES`).
 
     ``source_iter`` yields ``(images [N,3,H,W], labels [N,H,W])``, ``target_iter`` yields ``images``; each is drawn
-    ``iter_size`` times. The losses are accumulated as the original logged them (segmentation and adversarial terms
-    divided by ``iter_size``; the discriminator terms as backpropagated, i.e. divided by ``iter_size`` and by 2,
-    summed over source and target); under ``torchrun`` they are the means over the ranks. Raises
-    :class:`NonFiniteLossError` before any optimizer step if one of them is not finite. ``visuals``: when given,
-    receives the last sub-step's inputs and argmax predictions (CPU) for TensorBoard.
+    ``iter_size`` times (the target not at all with ``--source-only``). The losses are accumulated as the original
+    logged them (segmentation and adversarial terms divided by ``iter_size``; the discriminator terms as
+    backpropagated, i.e. divided by ``iter_size`` and by 2, summed over source and target); under ``torchrun`` they
+    are the means over the ranks. Raises :class:`NonFiniteLossError` before any optimizer step if one of them is not
+    finite. ``visuals``: when given, receives the last sub-step's inputs and argmax predictions (CPU).
     """
-    a = t.args
-    discriminators = [t.model_D1, t.model_D2] if t.use_aux else [t.model_D2]
+    a, discriminators = t.args, t.discriminators
     seg_weights = [a.lambda_seg, 1.0] if t.use_aux else [1.0]  # the aux output's loss is weighted, the main's not
     adv_weights = [a.lambda_adv_target1, a.lambda_adv_target2] if t.use_aux else [a.lambda_adv_target2]
     first = 0 if t.use_aux else 1  # index of the first computed output in LOSS_NAMES' pairs
     for opt in t.optimizers.values():
         opt.zero_grad()
     adjust_learning_rate(t.optimizer, lr_poly(a.learning_rate, i_iter, a.num_steps, a.power))
-    for opt in (t.optimizer_D1, t.optimizer_D2):
+    for opt in filter(None, (t.optimizer_D1, t.optimizer_D2)):
         adjust_learning_rate(opt, lr_poly(a.learning_rate_D, i_iter, a.num_steps, a.power))
     totals = torch.zeros(len(LOSS_NAMES), device=t.device)  # seg1, seg2, adv1, adv2, D1, D2
 
@@ -424,34 +450,41 @@ def train_step(t: Trainer, source_iter: Iterator, target_iter: Iterator, i_iter:
         set_requires_grad(discriminators, False)
         images, labels = next(source_iter)
         labels = labels.to(t.device, non_blocking=True).long()
-        source_out = upsampled_outputs(t, images, a.input_size)
+        source_out = network_outputs(t, images, a.input_size)
+        source_features = t.features[-1:]
         seg = [t.seg_loss(out, labels) for out in source_out]
         t.scaler.scale(sum(w * loss for w, loss in zip(seg_weights, seg)) / a.iter_size).backward()
+        for k, loss in enumerate(seg, start=first):
+            totals[k] += loss.detach() / a.iter_size
+        if not discriminators:  # --source-only: the segmentation step alone
+            continue
 
         # 2. Adversarial on the target: make the target outputs look like source ones to the frozen
         #    discriminators, i.e. their loss against the *source* label.
         images_t = next(target_iter)
-        target_out = upsampled_outputs(t, images_t, a.input_size_target)
-        adv = adversarial_losses(t, discriminators, target_out, SOURCE_LABEL)
+        target_out = network_outputs(t, images_t, a.input_size_target)
+        target_features = t.features[-1:]
+        adv = adversarial_losses(t, target_out, SOURCE_LABEL)
         t.scaler.scale(sum(w * loss for w, loss in zip(adv_weights, adv)) / a.iter_size).backward()
-        for k, (s_loss, a_loss) in enumerate(zip(seg, adv), start=first):
-            totals[k] += s_loss.detach() / a.iter_size
-            totals[2 + k] += a_loss.detach() / a.iter_size
+        for k, loss in enumerate(adv, start=first):
+            totals[2 + k] += loss.detach() / a.iter_size
 
         # 3. and 4. Discriminators on the detached outputs: source ones are "source" (label 0), target ones
         #    "target" (label 1).
         set_requires_grad(discriminators, True)
-        for outputs, label in ((source_out, SOURCE_LABEL), (target_out, TARGET_LABEL)):
-            d_losses = adversarial_losses(t, discriminators, [o.detach() for o in outputs], label)
-            for k, loss in enumerate(d_losses, start=first):
+        for outputs, features, label in ((source_out, source_features, SOURCE_LABEL),
+                                         (target_out, target_features, TARGET_LABEL)):
+            t.features[:] = features
+            for k, loss in enumerate(adversarial_losses(t, outputs, label, detach=True), start=first):
                 loss = loss / a.iter_size / 2
                 t.scaler.scale(loss).backward()
                 totals[4 + k] += loss.detach()
 
     if visuals is not None:
         visuals.update(source_image=images.detach().cpu(), source_label=labels.detach().cpu(),
-                       source_pred=source_out[-1].argmax(dim=1).cpu(), target_image=images_t.detach().cpu(),
-                       target_pred=target_out[-1].argmax(dim=1).cpu())
+                       source_pred=source_out[-1].argmax(dim=1).cpu())
+        if discriminators:
+            visuals.update(target_image=images_t.detach().cpu(), target_pred=target_out[-1].argmax(dim=1).cpu())
     losses = dict(zip(LOSS_NAMES, all_reduce_mean_(totals).tolist()))  # one device sync per iteration
     for name, value in losses.items():
         if not math.isfinite(value):
@@ -488,7 +521,7 @@ def log_images(writer, visuals: dict, count: int, step: int) -> None:
         return np.clip((image.float().numpy().transpose(1, 2, 0) + IMG_MEAN)[:, :, ::-1], 0, 255).astype(np.uint8)
 
     for domain in ("source", "target"):
-        for k in range(min(count, visuals[f"{domain}_image"].shape[0])):
+        for k in range(min(count, len(visuals.get(f"{domain}_image", ())))):
             shown = {"image": rgb(visuals[f"{domain}_image"][k]),
                      "prediction": colorize_rgb(visuals[f"{domain}_pred"][k].numpy())}
             if domain == "source":
@@ -532,21 +565,6 @@ def main(args: argparse.Namespace) -> int:
     return rc
 
 
-def claim_snapshot_dir(lock: SnapshotDirLock, snapshot_dir: Path, device: torch.device, create: bool) -> None:
-    """Rank 0 locks ``--snapshot-dir`` (creating it first with ``create``; without, only if it exists already) and
-    every rank learns the verdict: all raise :class:`SnapshotDirBusy` when another run holds it."""
-    busy = None
-    if is_main_process() and not lock.held and (create or snapshot_dir.is_dir()):
-        try:
-            if create:
-                check_writable_dir(snapshot_dir, "--snapshot-dir")
-            lock.acquire(snapshot_dir)
-        except SnapshotDirBusy as exc:
-            busy = exc
-    if all_reduce_max_int(busy is not None, device):
-        raise busy or SnapshotDirBusy(f"--snapshot-dir {snapshot_dir} is in use by another training run")
-
-
 def prepare(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock):
     """Everything before the first iteration, cheapest checks first: the flags, the snapshot folder's lock (when it
     exists), the data, the training state, the networks; only then the folders are created, so that a refused run
@@ -554,7 +572,7 @@ def prepare(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLoc
     args.world_size = get_world_size()  # recorded in args.json and the training state (a resume compares it)
     validate_args(args)
     snapshot_dir = Path(args.snapshot_dir)
-    claim_snapshot_dir(lock, snapshot_dir, device, create=False)  # a second run on a folder in use stops here
+    lock.claim(snapshot_dir, device, create=False)  # a second run on a folder in use stops here
     resume_path = None
     if args.resume:
         resume_path = find_resume_file(snapshot_dir) if args.resume == "auto" else Path(args.resume)
@@ -567,7 +585,7 @@ def prepare(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLoc
     t = build_training(args, device)
     start_iter = restore_training_state(state, resume_path, nets=t.nets, optimizers=t.optimizers, scaler=t.scaler,
                                         args=args_to_json(args), model_name=args.model) if state else 0
-    claim_snapshot_dir(lock, snapshot_dir, device, create=True)
+    lock.claim(snapshot_dir, device, create=True)
     if args.tensorboard and is_main_process():
         check_writable_dir(args.log_dir, "--log-dir")
     if is_main_process():
@@ -587,9 +605,9 @@ def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock)
     main_process, snapshot_dir = is_main_process(), Path(args.snapshot_dir)
     per_iter = args.iter_size * args.batch_size * get_world_size()
     positions = state["data_positions"] if state else {"source": 0, "target": 0}
-    loaders = [training_loader(ds, batch_size=args.batch_size, num_workers=args.num_workers, seed=args.random_seed,
-                               start=positions[domain], salt=salt, rank=get_rank(), world_size=get_world_size(),
-                               pin_memory=device.type == "cuda")
+    loaders = [None if ds is None else training_loader(ds, batch_size=args.batch_size, num_workers=args.num_workers,
+                                      seed=args.random_seed, start=positions[domain], salt=salt, rank=get_rank(),
+                                      world_size=get_world_size(), pin_memory=device.type == "cuda")
                for salt, (domain, ds) in enumerate((("source", source_set), ("target", target_set)))]
     batches = source_batches(loaders[0]), target_batches(loaders[1])
     if main_process:
@@ -598,12 +616,9 @@ def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock)
         except WriteError as exc:
             return fail(PROG, str(exc))
         print(f"exp = {args.snapshot_dir}", flush=True)
-    if not t.use_aux:
-        reason = ("DeeplabVGG has a single output" if args.model == "DeeplabVGG"
-                  else "single-level setting (--lambda-seg 0 --lambda-adv-target1 0)")
-        logger.info("%s: the auxiliary segmentation loss and discriminator D1 are skipped (they cannot change "
-                    "the main output); loss_seg1, loss_adv1 and loss_D1 are logged as 0", reason)
-    resume_file = snapshot_dir / RESUME_NAME
+    zeros = [n for i, n in enumerate(LOSS_NAMES) if (i % 2 == 0 and not t.use_aux) or (i >= 2 and args.source_only)]
+    if zeros:  # single level: the auxiliary output and D1 cannot change the main output, so they are not computed
+        logger.info("%s logged as 0 (%s)", ", ".join(zeros), "--source-only" if args.source_only else "single level")
     end_iter = min(args.num_steps, args.num_steps_stop)
     if start_iter >= end_iter:
         print(f"nothing to do: the training state is at iteration {start_iter}, the run stops at {end_iter}")
@@ -619,28 +634,14 @@ def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock)
 
         writer = SummaryWriter(args.log_dir)
 
-    good = {"snapshot": None, "state": start_iter if state else None}  # the last complete files of this run
+    files = RunFiles(snapshot_dir, snapshot_prefix(args), start_iter if state else None)
 
     def save(tag: int | None, next_iter: int) -> None:
-        """Rank 0: the snapshot ``<prefix>_<tag>`` (unless None) and the training state before ``next_iter``. A
-        failed write (full disk, ...) raises WriteError saying which files are good and how to continue."""
-        if not main_process:
-            return
-        try:
-            if tag is not None:
-                save_snapshot(snapshot_dir, tag, (t.model, t.model_D1, t.model_D2), prefix=snapshot_prefix(args))
-                good["snapshot"] = tag
+        """Rank 0: the snapshot set ``<prefix>_<tag>`` (unless None) and the training state before ``next_iter``."""
+        if main_process:
             done = {k: positions[k] + (next_iter - start_iter) * per_iter for k in ("source", "target")}
-            save_training_state(resume_file, next_iter=next_iter, nets=t.nets, optimizers=t.optimizers,
-                                data_positions=done, args=args_to_json(args), scaler=t.scaler)
-            good["state"] = next_iter
-        except WriteError as exc:
-            snap = (f"{snapshot_prefix(args)}_{good['snapshot']}.pth (with _D1, _D2)" if good["snapshot"] is not None
-                    else "none written by this run")
-            resume = (f"{resume_file} continues at iteration {good['state']}" if good["state"] is not None
-                      else f"no {RESUME_NAME} from this run")
-            raise WriteError(f"{exc}; the last complete snapshot: {snap}; {resume}. Free space (or move the folder "
-                             "elsewhere) and continue with --resume auto") from None
+            files.save(tag, t.nets, next_iter, optimizers=t.optimizers, data_positions=done,
+                       args=args_to_json(args), scaler=t.scaler)
 
     from tqdm import tqdm
 
@@ -687,19 +688,21 @@ def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock)
                     save(None, i_iter + 1)
                     if main_process:
                         print(f"{signal.Signals(signum).name}: saved the training state after iteration {i_iter} "
-                              f"to {resume_file}; continue with --resume {resume_file} (or --resume auto)",
+                              f"to {files.resume_file}; continue with --resume {files.resume_file} (or --resume "
+                              "auto)",
                               file=sys.stderr, flush=True)
                     return 128 + signum
         except WriteError as exc:
             return fail(PROG, str(exc))
         finally:
+            for loader in loaders:  # first: workers left running would hang the interpreter's exit
+                if loader is not None:
+                    shutdown_loader(loader)
+            for it in batches:
+                it.close()
             bar.close()
             if writer is not None:
                 writer.close()
-            for it in batches:
-                it.close()
-            for loader in loaders:
-                shutdown_loader(loader)
     return 0
 
 

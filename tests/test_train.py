@@ -199,7 +199,7 @@ def test_modern_optim_differs_where_the_quirks_act(data, tmp_path, capsys):
     assert len(listing) == len(backbone) > len(set(listing))  # the duplicates are kept
     capsys.readouterr()
     assert _run(data, tmp_path / "modern", "--num-steps-stop", "2", "--resume", "auto") == 1
-    assert "pass --modern-optim exactly as in the interrupted run" in capsys.readouterr().err
+    assert "pass --modern-optim and --source-only exactly as in the interrupted run" in capsys.readouterr().err
 
 
 # ---- reproducibility and resume ------------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from utils.distributed import get_world_size, unwrap
-from utils.files import atomic_torch_save
+from utils.distributed import all_reduce_max_int, get_world_size, is_main_process, unwrap
+from utils.files import WriteError, atomic_torch_save
 from utils.weights import load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -44,7 +44,8 @@ RESUME_SENSITIVE = ("model", "num_classes", "resnet_layers", "all_branches", "fr
                     "iter_size", "learning_rate", "learning_rate_D", "momentum", "weight_decay", "num_steps",
                     "power", "lambda_seg", "lambda_adv_target1", "lambda_adv_target2", "gan", "random_seed",
                     "input_size", "input_size_target", "random_mirror", "random_scale", "data_list",
-                    "data_list_target", "modern_optim", "ignore_label", "amp", "amp_dtype", "source", "target", "city")
+                    "data_list_target", "modern_optim", "ignore_label", "amp", "amp_dtype", "source", "target", "city",
+                    "source_only", "adapt_space")
 
 
 def snapshot_paths(snapshot_dir: str | Path, tag: int | str, prefix: str = "GTA5") -> tuple[Path, Path, Path]:
@@ -58,13 +59,14 @@ def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
 
 
-def save_snapshot(snapshot_dir: str | Path, tag: int | str, nets: tuple[nn.Module, nn.Module, nn.Module],
-                  prefix: str = "GTA5") -> tuple[Path, Path, Path]:
-    """Write the plain state_dicts of ``(model, model_D1, model_D2)`` (unwrapped, on the CPU) as
-    ``<prefix>_<tag>[_D1|_D2].pth``, atomically."""
-    paths = snapshot_paths(snapshot_dir, tag, prefix)
-    for net, path in zip(nets, paths):
-        atomic_torch_save(_cpu_state_dict(net), path)
+def save_snapshot(snapshot_dir: str | Path, tag: int | str, nets: Mapping[str, nn.Module],
+                  prefix: str = "GTA5") -> list[Path]:
+    """Write the plain state_dicts of ``nets`` (by :data:`NETWORK_KEYS`; unwrapped, on the CPU) as
+    ``<prefix>_<tag>.pth``, ``<prefix>_<tag>_D1.pth``, ``<prefix>_<tag>_D2.pth``, atomically; a network missing
+    from ``nets`` (no discriminators with ``--source-only``) has no file."""
+    paths = [path for key, path in zip(NETWORK_KEYS, snapshot_paths(snapshot_dir, tag, prefix)) if key in nets]
+    for key, path in zip([k for k in NETWORK_KEYS if k in nets], paths):
+        atomic_torch_save(_cpu_state_dict(nets[key]), path)
     return paths
 
 
@@ -104,16 +106,16 @@ def save_training_state(path: str | Path, *, next_iter: int, nets: Mapping[str, 
                         args: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> Path:
     """Write everything needed to continue at iteration ``next_iter`` to ``path`` atomically.
 
-    ``nets``/``optimizers``: by :data:`NETWORK_KEYS` / :data:`OPTIMIZER_KEYS`. ``data_positions``: samples consumed
+    ``nets``/``optimizers``: by :data:`NETWORK_KEYS` / :data:`OPTIMIZER_KEYS` (those a run has). ``data_positions``: samples consumed
     per domain (global, all ranks), e.g. ``{"source": 12, "target": 12}``. ``args``: JSON-like dict of the run's
     arguments (kept to warn when a resume changes them). ``scaler``: the float16 gradient scaler, when enabled.
     """
     state = {
         "format": RESUME_FORMAT,
         "next_iter": int(next_iter),
-        **{key: _cpu_state_dict(nets[key]) for key in NETWORK_KEYS},
-        **{key: optimizers[key].state_dict() for key in OPTIMIZER_KEYS},
-        "optimizer_class": [type(optimizers[key]).__name__ for key in OPTIMIZER_KEYS],
+        **{key: _cpu_state_dict(net) for key, net in nets.items()},
+        **{key: opt.state_dict() for key, opt in optimizers.items()},
+        "optimizer_class": [type(opt).__name__ for opt in optimizers.values()],
         "rng": capture_rng_state(),
         "data_positions": {k: int(v) for k, v in data_positions.items()},
         "args": args,
@@ -149,6 +151,35 @@ def find_resume_file(snapshot_dir: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+class RunFiles:
+    """The snapshot sets and the training state a run writes into its folder, and which of them are complete: a
+    failed write (full disk, ...) raises :class:`~utils.files.WriteError` whose message says which files are good
+    and how to continue."""
+
+    def __init__(self, snapshot_dir: Path, prefix: str, state_at: int | None) -> None:
+        self.snapshot_dir, self.prefix = Path(snapshot_dir), prefix
+        self.resume_file = self.snapshot_dir / RESUME_NAME
+        self.snapshot: int | None = None  # tag of the last complete snapshot set written by this run
+        self.state_at = state_at  # next iteration of the last complete training state (a resumed one counts)
+
+    def save(self, tag: int | None, nets: Mapping[str, nn.Module], next_iter: int, **state: Any) -> None:
+        """The snapshot set ``<prefix>_<tag>`` (unless ``tag`` is None), then the training state before
+        ``next_iter`` (:func:`save_training_state`'s other arguments in ``state``)."""
+        try:
+            if tag is not None:
+                save_snapshot(self.snapshot_dir, tag, nets, self.prefix)
+                self.snapshot = tag
+            save_training_state(self.resume_file, next_iter=next_iter, nets=nets, **state)
+            self.state_at = next_iter
+        except WriteError as exc:
+            snap = (f"{self.prefix}_{self.snapshot}.pth (with _D1, _D2)" if self.snapshot is not None
+                    else "none written by this run")
+            resume = (f"{self.resume_file} continues at iteration {self.state_at}" if self.state_at is not None
+                      else f"no {RESUME_NAME} from this run")
+            raise WriteError(f"{exc}; the last complete snapshot: {snap}; {resume}. Free space (or move the folder "
+                             "elsewhere) and continue with --resume auto") from None
+
+
 def restore_training_state(state: dict[str, Any], path: Path, *, nets: Mapping[str, nn.Module],
                            optimizers: Mapping[str, torch.optim.Optimizer], scaler: torch.amp.GradScaler,
                            args: dict[str, Any], model_name: str) -> int:
@@ -167,15 +198,15 @@ def restore_training_state(state: dict[str, Any], path: Path, *, nets: Mapping[s
         logger.warning("--resume %s: saved by a run of %s process(es), now %d: the data order continues, but the "
                        "effective batch (processes x --batch-size x --iter-size) changes", path,
                        saved_args.get("world_size", 1), get_world_size())
-    classes = [type(optimizers[key]).__name__ for key in OPTIMIZER_KEYS]
+    classes = [type(opt).__name__ for opt in optimizers.values()]
     if state.get("optimizer_class") != classes:
         raise ValueError(f"--resume {path}: saved with optimizers {state.get('optimizer_class')}, this run uses "
-                         f"{classes}; pass --modern-optim exactly as in the interrupted run")
-    for key in NETWORK_KEYS:
-        load_checkpoint(nets[key], state[key], model_name=model_name if key == "model" else "FCDiscriminator",
+                         f"{classes}; pass --modern-optim and --source-only exactly as in the interrupted run")
+    for key, net in nets.items():
+        load_checkpoint(net, state[key], model_name=model_name if key == "model" else "FCDiscriminator",
                         source=f"--resume {path} ({key})")
-    for key in OPTIMIZER_KEYS:
-        optimizers[key].load_state_dict(state[key])
+    for key, opt in optimizers.items():
+        opt.load_state_dict(state[key])
     if scaler.is_enabled():
         if "scaler" in state:
             scaler.load_state_dict(state["scaler"])
@@ -265,6 +296,23 @@ class SnapshotDirLock:
         f.flush()
         self._file = f
 
+    def claim(self, directory: Path, device: torch.device, create: bool) -> None:
+        """Under ``torchrun`` too: rank 0 locks ``directory`` (creating it first with ``create``; without, only if
+        it exists already) and every rank learns the verdict: all raise :class:`SnapshotDirBusy` when another run
+        holds it. Raises ``ValueError`` naming ``--snapshot-dir`` when the folder cannot be created or written."""
+        from utils.files import check_writable_dir
+
+        busy = None
+        if is_main_process() and not self.held and (create or Path(directory).is_dir()):
+            try:
+                if create:
+                    check_writable_dir(directory, "--snapshot-dir")
+                self.acquire(Path(directory))
+            except SnapshotDirBusy as exc:
+                busy = exc
+        if all_reduce_max_int(busy is not None, device):
+            raise busy or SnapshotDirBusy(f"--snapshot-dir {directory} is in use by another training run")
+
     def release(self) -> None:
         if self._file is not None:
             self._file.close()  # closing the descriptor releases the flock
@@ -286,7 +334,7 @@ def snapshot_space_warning(snapshot_dir: Path, nets: Mapping[str, nn.Module], sn
 
     snapshot = sum(size(unwrap(net).state_dict().values()) for net in nets.values())
     state = snapshot + size(unwrap(nets["model"]).parameters()) + 2 * sum(
-        size(unwrap(nets[k]).parameters()) for k in ("model_D1", "model_D2"))
+        size(unwrap(net).parameters()) for key, net in nets.items() if key != "model")
     free = free_bytes(snapshot_dir)
     next_set, whole_run = snapshot + 2 * state, snapshots_to_come * snapshot + 2 * state
     if free >= whole_run:

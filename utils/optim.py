@@ -103,6 +103,10 @@ class FaithfulSGD(Optimizer):
         self._zeroed: dict[int, torch.Tensor] = {}  # parameters whose gradient zero_grad() released
         super().__init__(_as_param_groups(params), defaults)
 
+    def __setstate__(self, state: dict) -> None:  # copies and unpickled optimizers: nothing zeroed yet
+        super().__setstate__(state)
+        self.__dict__.setdefault("_zeroed", {})
+
     def add_param_group(self, param_group: dict) -> None:
         """Store the distinct parameters under ``"params"`` and the listing order under ``"listing"``."""
         group = dict(param_group)

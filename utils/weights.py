@@ -557,10 +557,10 @@ def restore_segmentation_weights(model: nn.Module, restore_from: str, model_name
     * ``none``: the model's own initialisation.
     * ``torchvision[:WEIGHTS]``: torchvision's ImageNet ResNet-101 / VGG-16 backbone through the hub cache
       (:func:`torchvision_init`; not the paper's initialisation, results differ).
-    * DeepLab (``model_name`` DeepLab/DeeplabMulti): an initialisation file (``Scale.``-prefixed keys, the
-      ImageNet+COCO DeepLab-v2 of the original) goes through :func:`restore_init` (strip ``Scale.``, skip ``layer5``
-      for 19 classes); a trained DeeplabMulti state_dict (``layer6.*`` keys, e.g. a ``GTA5_<i>.pth`` snapshot)
-      loads strictly instead (the original would crash on it).
+    * DeepLab (``model_name`` DeepLab/DeeplabMulti, or Oracle, the single-level ``Res_Deeplab``): an
+      initialisation file (``Scale.``-prefixed keys, the ImageNet+COCO DeepLab-v2 of the original) goes through
+      :func:`restore_init` (strip ``Scale.``, skip ``layer5`` for 19 classes); a trained state_dict of the same
+      model (e.g. a ``GTA5_<i>.pth`` snapshot) loads strictly instead (the original would crash on it).
     * DeeplabVGG (the original never trained it): a torchvision-layout VGG-16 state_dict initialises ``features``
       (like the original constructor's ``vgg16_caffe_path``); a DeeplabVGG checkpoint (e.g. the released
       GTA2Cityscapes_vgg) loads strictly.
@@ -578,7 +578,8 @@ def restore_segmentation_weights(model: nn.Module, restore_from: str, model_name
     state_dict = load_state_dict_from(restore_from, none_allowed=True)
     source = f"--restore-from {restore_from}"
     vgg = model_name == "DeeplabVGG"
-    trained = guess_model_from_keys(state_dict) == ("DeeplabVGG" if vgg else "DeeplabMulti")
+    trained = guess_model_from_keys(state_dict) == {"DeeplabVGG": "DeeplabVGG", "Oracle": "Oracle"}.get(
+        model_name, "DeeplabMulti")
     if vgg:
         w = state_dict.get("classifier.0.weight")
         if isinstance(w, torch.Tensor) and w.dim() == 2:  # torchvision VGG-16: its FC head is never used
