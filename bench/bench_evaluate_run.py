@@ -45,7 +45,7 @@ from tools.make_synthetic_data import make_synthetic_datasets  # noqa: E402
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--num-snapshots", type=int, default=5, help="K")
-    p.add_argument("--num-images", type=int, default=16, help="M (16: about 5 minutes on 2 CPU cores)")
+    p.add_argument("--num-images", type=int, default=16, help="M (16: about 3.5 minutes on 2 quiet CPU cores)")
     p.add_argument("--input-size", type=str, default="1024,512", help="W,H network input (the original's)")
     p.add_argument("--output-size", type=str, default="2048,1024", help="W,H images, labels and predictions")
     p.add_argument("--resnet-layers", type=str, default="1,1,1,1")

@@ -1,7 +1,8 @@
 """evaluate_cityscapes.py --restore-from SNAPSHOT_DIR: a whole training run in one call, against separate single-file
 runs of the same snapshots (label maps, per-class IoU, mIoU, the best), the image cache against the dataset (bitwise),
 reruns (only new or changed snapshots), --watch following snapshots written by another thread (with a half-written
-temporary file in between), and bad input (truncated snapshot, another model, empty folder, missing --gt-dir)."""
+temporary file in between) and by the training script itself, and bad input (truncated snapshot, another model,
+empty folder, missing --gt-dir)."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +11,8 @@ import logging
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +27,7 @@ from dataset.cityscapes_dataset import cityscapesDataSet
 from dataset.labels import IMG_MEAN
 from model.deeplab import Res_Deeplab
 from test_evaluate import INPUT_WH, LAYERS, TARGET_WH, base_argv, run_eval, tiny_model
-from tiny_training import one_thread  # noqa: F401 (a fixture)
+from tiny_training import make_tiny_data, one_thread, train_argv  # noqa: F401 (one_thread: a fixture)
 from tools.make_synthetic_data import make_synthetic_datasets
 from utils.checkpoint import save_snapshot
 
@@ -298,3 +301,27 @@ def test_watch_gives_up_after_the_timeout(run, tmp_path, caplog):
     assert 0.5 <= time.monotonic() - start < 20
     assert EVALUATED.findall(out) == ["GTA5_2.pth"]
     assert any("no new snapshot" in r.getMessage() and "GTA5_10.pth" in r.getMessage() for r in caplog.records)
+
+
+def test_watch_a_real_training_run(tmp_path, one_thread):  # noqa: F811
+    """The training script in another process (4 iterations, snapshots at 2 and 4, its own args.json) and the watch
+    started before its folder exists: both end, the watch by the run's last snapshot (not the 120 s timeout)."""
+    data = make_tiny_data(tmp_path / "data")
+    snap = tmp_path / "snapshots"
+    repo = Path(__file__).resolve().parents[1]
+    training = subprocess.Popen([sys.executable, str(repo / "train_gta2cityscapes_multi.py"), *train_argv(data, snap)],
+                                cwd=repo, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    start = time.monotonic()
+    try:
+        rc, out, err = run_eval(["--restore-from", str(snap), "--data-dir", str(data.cityscapes_root),
+                                 "--data-list", str(data.cityscapes_val_list), "--gt-dir", str(data.gt_dir),
+                                 "--save", str(tmp_path / "out"), "--cpu", "--input-size", "32,32",
+                                 "--output-size", "48,32", "--resnet-layers", "1,1,1,1", "--watch",
+                                 "--watch-interval", "0.1", "--watch-timeout", "120"])
+    finally:
+        _, train_err = training.communicate(timeout=120)
+    assert training.returncode == 0, train_err[-2000:]
+    assert rc == 0, err
+    assert time.monotonic() - start < 100
+    assert EVALUATED.findall(out) == ["GTA5_2.pth", "GTA5_4.pth"]  # not the _D1/_D2 files nor resume.pth
