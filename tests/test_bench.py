@@ -83,3 +83,16 @@ def test_bench_compute_iou_tiny(tmp_path):
     assert "original (port)" in proc.stdout
     result = json.loads(out.read_text())
     assert result["rows"]
+
+
+def test_bench_evaluate_run_tiny(tmp_path):
+    out = tmp_path / "run.json"
+    proc = _run("bench_evaluate_run.py", "--num-snapshots", "2", "--num-images", "1", "--input-size", "64,32",
+                "--output-size", "128,64", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| 2 separate runs" in proc.stdout and "| one call" in proc.stdout
+    result = json.loads(out.read_text())
+    separate, one = result["rows"]
+    assert one["mious_identical"] is True and set(result["mious"]) == {"GTA5_1000.pth", "GTA5_2000.pth"}
+    assert separate["seconds"] > 0 and math.isclose(one["speedup_vs_separate"], separate["seconds"] / one["seconds"])
+    assert result["date"] and result["command"] and result["one_call_decode_seconds"] >= 0

@@ -193,3 +193,82 @@ def test_chart_errors(tmp_path, capsys):
     other.write_text(json.dumps({"per_class_iou": {"x": 0.1}, "mIoU": 0.1}))
     assert visualize.main(parser.parse_args(["chart", str(j1), str(other), "--out", str(tmp_path / "c.png")])) == 1
     assert "the runs must use the same classes" in capsys.readouterr().err
+
+
+# ---- curve --------------------------------------------------------------------------------------------------------
+
+
+def write_snapshots_json(path: Path, points) -> Path:
+    """A snapshots.json by hand: (iteration, mIoU or None) per snapshot, in any order."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    records = [{"file": f"GTA5_{it}.pth", "iteration": it, "mIoU": v} for it, v in points]
+    path.write_text(json.dumps({"format": "adaptsegnet-snapshot-results/1", "snapshots": records}))
+    return path
+
+
+def test_nice_ticks():
+    assert visualize.nice_ticks(0, 150000) == [0, 50000, 100000, 150000]
+    assert visualize.nice_ticks(30.4, 41.6) == [30, 32.5, 35, 37.5, 40, 42.5]
+    assert visualize.nice_ticks(0, 6) == [0, 2, 4, 6]
+    assert visualize.nice_ticks(5, 5) == [4, 4.5, 5, 5.5, 6]  # one value: a range around it
+
+
+def test_curve_draws_each_run_and_rings_its_best(tmp_path):
+    multi = visualize.read_snapshots_json(write_snapshots_json(
+        tmp_path / "multi" / "snapshots.json", [(3000, 0.38), (1000, 0.30), (2000, 0.42), (4000, None)]))
+    assert multi.label == "multi" and multi.points == [(1000, 0.30), (2000, 0.42), (3000, 0.38)]
+    assert multi.best == (2000, 0.42) and multi.best_file == "GTA5_2000.pth"
+    single = visualize.read_snapshots_json(write_snapshots_json(
+        tmp_path / "single" / "snapshots.json", [(1000, 0.25), (2000, 0.33), (3000, 0.35)]), label="single-level")
+    assert single.label == "single-level" and single.best == (3000, 0.35)
+    img = visualize.make_curve([multi, single], width=600, height=400)
+    assert img.size == (600, 400)
+    px = np.asarray(img.convert("RGB"))
+    axes = visualize.curve_axes([multi, single], 600, 400)
+    assert axes.x_ticks[0] == 0 and axes.x_ticks[-1] >= 3000 and axes.y_ticks[0] <= 25 and axes.y_ticks[-1] >= 42
+
+    def colour(x: int, y: int) -> tuple[int, ...]:
+        return tuple(int(v) for v in px[y, x])
+
+    for k, run in enumerate((multi, single)):
+        for it, v in run.points:  # a dot at every snapshot
+            assert colour(*axes.xy(it, 100 * v)) == RUN_COLOURS[k]
+        bx, by = axes.xy(*(run.best[0], 100 * run.best[1]))
+        assert colour(bx, by - 7) == RUN_COLOURS[k] and colour(bx - 7, by) == RUN_COLOURS[k]  # the ring
+    x, y = axes.xy(1000, 30.0)  # not the best: no ring around it
+    assert colour(x, y - 7) != RUN_COLOURS[0] and colour(x - 7, y) != RUN_COLOURS[0]
+    # the point of the best is higher on the picture than the others of its run (y grows downwards)
+    assert axes.xy(2000, 42.0)[1] < axes.xy(3000, 38.0)[1] < axes.xy(1000, 30.0)[1]
+
+
+def test_curve_cli(tmp_path):
+    a = write_snapshots_json(tmp_path / "a" / "snapshots.json", [(1000, 0.30), (2000, 0.42)])
+    b = write_snapshots_json(tmp_path / "b" / "snapshots.json", [(1000, 0.25)])
+    out = tmp_path / "curve.png"
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "visualize.py"), "curve", str(a), str(b),
+                           "--labels", "adapted", "source-only", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "adapted: 2 snapshots, best GTA5_2000.pth (iteration 2000), mIoU 42.00" in proc.stdout
+    assert "source-only: 1 snapshots, best GTA5_1000.pth (iteration 1000), mIoU 25.00" in proc.stdout
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size == (800, 480)
+        assert count_colour(img, RUN_COLOURS[0]) > 50 and count_colour(img, RUN_COLOURS[1]) > 20
+
+
+def test_curve_errors(tmp_path, capsys):
+    iou_json = tmp_path / "r.json"
+    iou_json.write_text(json.dumps({"per_class_iou": {"road": 0.5}, "mIoU": 0.5}))
+    none = write_snapshots_json(tmp_path / "none" / "snapshots.json", [(1000, None)])
+    good = write_snapshots_json(tmp_path / "good" / "snapshots.json", [(1000, 0.3)])
+    for argv, message in (
+        ([str(iou_json)], "expected evaluate_cityscapes.py's snapshots.json (key 'snapshots')"),
+        ([str(none)], "no evaluated snapshot with an mIoU"),
+        ([str(tmp_path / "missing.json")], "missing.json: no such file"),
+        ([str(good), "--labels", "a", "b"], "--labels: 2 labels for 1 JSON files"),
+        ([str(good), "--width", "10"], "--width/--height must be at least 200x150"),
+    ):
+        args = visualize.get_args_parser().parse_args(["curve", *argv, "--out", str(tmp_path / "c.png")])
+        assert visualize.main(args) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("visualize.py curve: error: ") and message in err, err
+    assert not (tmp_path / "c.png").exists()

@@ -1,4 +1,4 @@
-"""Pictures of results: a side-by-side sheet of predictions and a per-class IoU bar chart.
+"""Pictures of results: a side-by-side sheet of predictions, a per-class IoU bar chart, an mIoU-over-training curve.
 
     # image | prediction | ground truth for the first 4 images of the val list, into one PNG
     python tools/visualize.py sheet --pred-dir result/cityscapes \\
@@ -6,6 +6,9 @@
 
     # per-class IoU of any number of runs (compute_iou.py --json / evaluate_cityscapes.py --json files)
     python tools/visualize.py chart run1.json run2.json --labels source-only adapted --out chart.png
+
+    # mIoU against iteration of whole training runs (evaluate_cityscapes.py --restore-from SNAPSHOT_DIR)
+    python tools/visualize.py curve result/multi/snapshots.json result/single/snapshots.json --out curve.png
 
 ``sheet`` reads the Cityscapes images named by ``--data-list`` (as evaluate_cityscapes.py does), the trainId PNGs
 that evaluate_cityscapes.py wrote to ``--pred-dir`` (``<pred-dir>/<basename of the list line>``) and, with
@@ -15,6 +18,10 @@ tile is scaled to ``--width``; a legend names the classes that appear.
 ``chart`` draws one horizontal bar per class and run (and one for the mIoU), in percent, and prints the same
 numbers as a table. Classes absent from both the ground truth and the prediction have no IoU (``null`` in the
 JSON, NaN in compute_iou.py's table): they are marked "n/a" and, as in compute_iou.py, left out of the mIoU.
+
+``curve`` draws the mIoU (%) of every evaluated snapshot against its iteration, one line per run (the label is the
+JSON file's folder name unless ``--labels`` is given), each run's best snapshot ringed and labelled, and prints
+each run's best snapshot.
 
 Drawing uses Pillow only (no plotting library). Files are written atomically.
 """
@@ -330,12 +337,172 @@ def make_chart(runs: Sequence[IoURun], title: str = "Per-class IoU (%)", bar_hei
     return img
 
 
+# ---- the curve ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Curve:
+    """One run's snapshots: (iteration, mIoU in [0, 1]) in iteration order, and the best one."""
+
+    label: str
+    points: list[tuple[int, float]]
+    best_file: str
+    best: tuple[int, float]
+    path: str = ""
+
+
+def read_snapshots_json(path: str | Path, label: str | None = None) -> Curve:
+    """Read evaluate_cityscapes.py's ``SAVE/snapshots.json`` (key ``snapshots``: records with ``file``,
+    ``iteration`` and ``mIoU``). Snapshots without an mIoU (null) are left out. The default label is the name of
+    the folder holding the file (the run's --save)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise VisualizeError(f"{path}: no such file (expected the snapshots.json that evaluate_cityscapes.py "
+                             "--restore-from SNAPSHOT_DIR writes into --save)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise VisualizeError(f"{path}: cannot be read as JSON ({exc})") from None
+    records = data.get("snapshots") if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise VisualizeError(f"{path}: expected evaluate_cityscapes.py's snapshots.json (key 'snapshots'), not "
+                             "a single result (for those, use the chart command)")
+    points, files = [], {}
+    for k, r in enumerate(records):
+        if not isinstance(r, dict) or not isinstance(r.get("iteration"), int) or "mIoU" not in r:
+            raise VisualizeError(f"{path}: snapshots[{k}] has no integer 'iteration' and 'mIoU'")
+        v = r["mIoU"]
+        if v is None:
+            continue
+        if not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise VisualizeError(f"{path}: snapshots[{k}] mIoU is {v!r}, expected a fraction in [0, 1] or null")
+        points.append((r["iteration"], float(v)))
+        files[r["iteration"]] = str(r.get("file", r["iteration"]))
+    if not points:
+        raise VisualizeError(f"{path}: no evaluated snapshot with an mIoU in it")
+    points.sort()
+    best = max(points, key=lambda p: (p[1], -p[0]))  # the earliest of equal bests, as evaluate_cityscapes.py
+    return Curve(label if label is not None else path.resolve().parent.name, points, files[best[0]], best,
+                 str(path))
+
+
+def _iteration_text(value: float) -> str:
+    """Tick label of an iteration: ``120k`` for whole thousands, else the number."""
+    value = round(value)
+    return f"{value // 1000}k" if value >= 1000 and value % 1000 == 0 else str(value)
+
+
+def nice_ticks(lo: float, hi: float, count: int = 6) -> list[float]:
+    """About ``count`` evenly spaced round values (steps 1, 2, 2.5 or 5 times a power of ten) covering [lo, hi]."""
+    if hi <= lo:
+        lo, hi = lo - 1.0, hi + 1.0
+    raw = (hi - lo) / max(1, count - 1)
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw)
+    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    return [round(i * step, 10) for i in range(first, last + 1)]
+
+
+@dataclass
+class CurveAxes:
+    """The plot box in pixels and the data ranges it spans: :meth:`xy` maps (iteration, mIoU %) to pixels."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+    x_ticks: list[float]
+    y_ticks: list[float]
+
+    def xy(self, iteration: float, pct: float) -> tuple[int, int]:
+        x0, x1, y0, y1 = self.x_ticks[0], self.x_ticks[-1], self.y_ticks[0], self.y_ticks[-1]
+        return (self.left + round((self.right - self.left) * (iteration - x0) / (x1 - x0)),
+                self.bottom - round((self.bottom - self.top) * (pct - y0) / (y1 - y0)))
+
+
+CURVE_FONT = 14
+
+
+def curve_axes(curves: Sequence[Curve], width: int, height: int) -> CurveAxes:
+    """Ticks from 0 to the last iteration, and around the mIoUs (percent); the box leaves room for the title, the
+    legend (a line per run), the tick labels and the axis titles."""
+    font = _font(CURVE_FONT)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = _text_size(probe, "Ag", font)[1]
+    iterations = [it for c in curves for it, _ in c.points]
+    pcts = [100 * v for c in curves for _, v in c.points]
+    x_ticks = nice_ticks(min(0, min(iterations)), max(iterations))
+    spread = max(pcts) - min(pcts)
+    y_ticks = nice_ticks(max(0.0, min(pcts) - 0.05 * spread), min(100.0, max(pcts) + 0.05 * spread))
+    y_ticks = [t for t in y_ticks if 0 <= t <= 100]  # an mIoU is a percentage
+    y_label_w = max(_text_size(probe, f"{t:g}", font)[0] for t in y_ticks)
+    pad = 10
+    top = pad + 2 * (text_h + pad) + len(curves) * (text_h + pad // 2)
+    return CurveAxes(left=pad + y_label_w + pad, top=top, right=width - 3 * pad,
+                     bottom=height - 2 * (text_h + pad), x_ticks=x_ticks, y_ticks=y_ticks)
+
+
+def make_curve(curves: Sequence[Curve], title: str = "mIoU (%) over training", width: int = 800,
+               height: int = 480) -> Image.Image:
+    """mIoU (%) against iteration: one line with a dot per snapshot for each run, its best snapshot ringed and
+    labelled; grid, ticks, axis titles and a legend."""
+    if not curves:
+        raise VisualizeError("curve: give at least one snapshots.json file")
+    if width < 200 or height < 150:
+        raise VisualizeError(f"--width/--height must be at least 200x150 pixels, got {width}x{height}")
+    font, title_font = _font(CURVE_FONT), _font(CURVE_FONT + 3)
+    pad = 10
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_h = _text_size(probe, "Ag", font)[1]
+    legend = [f"{c.label}: best {100 * c.best[1]:.2f} at {_iteration_text(c.best[0])} ({c.best_file})"
+              for c in curves]
+    axes = curve_axes(curves, width, height)
+    img = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(img)
+    draw.text((pad, pad), title, fill=TEXT, font=title_font)
+    for k, text in enumerate(legend):  # a short line in the run's colour, then its text
+        y = pad + text_h + pad + k * (text_h + pad // 2) + text_h // 2
+        draw.line((pad, y, pad + 24, y), fill=RUN_COLOURS[k % len(RUN_COLOURS)], width=3)
+        draw.text((pad + 30, y - text_h // 2 - 2), text, fill=TEXT, font=font)
+    for t in axes.y_ticks:
+        x, y = axes.xy(axes.x_ticks[0], t)
+        draw.line((axes.left, y, axes.right, y), fill=GRID)
+        label = f"{t:g}"
+        draw.text((axes.left - pad - _text_size(draw, label, font)[0], y - text_h // 2 - 2), label, fill=TEXT,
+                  font=font)
+    for t in axes.x_ticks:
+        x, _ = axes.xy(t, axes.y_ticks[0])
+        draw.line((x, axes.top, x, axes.bottom), fill=GRID)
+        label = _iteration_text(t)
+        draw.text((x - _text_size(draw, label, font)[0] // 2, axes.bottom + pad // 2), label, fill=TEXT, font=font)
+    draw.rectangle((axes.left, axes.top, axes.right, axes.bottom), outline=TEXT)
+    draw.text((axes.right - _text_size(draw, "iteration", font)[0], height - text_h - pad), "iteration", fill=TEXT,
+              font=font)
+    draw.text((pad, axes.top - text_h - pad), "mIoU (%)", fill=TEXT, font=font)
+    for k, curve in enumerate(curves):
+        colour = RUN_COLOURS[k % len(RUN_COLOURS)]
+        xy = [axes.xy(it, 100 * v) for it, v in curve.points]
+        if len(xy) > 1:
+            draw.line(xy, fill=colour, width=2, joint="curve")
+        for x, y in xy:
+            draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+        bx, by = axes.xy(curve.best[0], 100 * curve.best[1])
+        draw.ellipse((bx - 7, by - 7, bx + 7, by + 7), outline=colour, width=2)
+        label = f"{100 * curve.best[1]:.1f}"
+        label_w = _text_size(draw, label, font)[0]
+        lx = bx + 10 if bx + 10 + label_w <= width - pad else bx - 10 - label_w
+        ly = max(axes.top + 2, by - text_h - 8)
+        draw.rectangle((lx - 2, ly, lx + label_w + 2, ly + text_h + 4), fill=BACKGROUND)  # readable over lines
+        draw.text((lx, ly), label, fill=colour, font=font)
+    return img
+
+
 # ---- command line -------------------------------------------------------------------------------------------------
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Result pictures: prediction sheet and per-class IoU chart.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{sheet,chart}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{sheet,chart,curve}")
 
     s = sub.add_parser("sheet", help="image | prediction | ground truth for a few images, into one PNG",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -360,6 +527,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="one name per JSON file (default: the file names)")
     c.add_argument("--title", default="Per-class IoU (%)", help="chart title")
     c.add_argument("--out", default="chart.png", help="output PNG")
+
+    v = sub.add_parser("curve", help="mIoU against iteration of one or more runs (their snapshots.json)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v.add_argument("json", nargs="+", help="SAVE/snapshots.json files of evaluate_cityscapes.py --restore-from "
+                                           "SNAPSHOT_DIR, one per run")
+    v.add_argument("--labels", nargs="+", default=None, help="one name per run (default: the JSON files' folders)")
+    v.add_argument("--title", default="mIoU (%) over training", help="title")
+    v.add_argument("--width", type=int, default=800, help="picture width in pixels")
+    v.add_argument("--height", type=int, default=480, help="picture height in pixels")
+    v.add_argument("--out", default="curve.png", help="output PNG")
     return parser
 
 
@@ -388,9 +565,28 @@ def run_chart(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_curve(args: argparse.Namespace) -> int:
+    if args.labels is not None and len(args.labels) != len(args.json):
+        raise VisualizeError(f"--labels: {len(args.labels)} labels for {len(args.json)} JSON files "
+                             "(give one label per file)")
+    curves = [read_snapshots_json(p, lab) for p, lab in zip(args.json, args.labels or [None] * len(args.json))]
+    if args.labels is None and len({c.label for c in curves}) < len(curves):
+        for c in curves:  # the same folder name in different places: use the paths
+            c.label = str(Path(c.path).parent)
+    for c in curves:
+        print(f"{c.label}: {len(c.points)} snapshots, best {c.best_file} (iteration {c.best[0]}), "
+              f"mIoU {100 * c.best[1]:.2f}")
+    save_png(make_curve(curves, title=args.title, width=args.width, height=args.height), args.out)
+    print(f"curve: {args.out}")
+    return 0
+
+
+COMMANDS = {"sheet": run_sheet, "chart": run_chart, "curve": run_curve}
+
+
 def main(args: argparse.Namespace) -> int:
     try:
-        return run_sheet(args) if args.command == "sheet" else run_chart(args)
+        return COMMANDS[args.command](args)
     except (VisualizeError, OSError) as exc:
         print(f"visualize.py {args.command}: error: {exc}", file=sys.stderr)
         return 1
