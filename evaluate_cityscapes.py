@@ -19,7 +19,7 @@ in iteration order, in one process: the images are decoded and resized once (kep
 ``--image-cache-mb``), the model is built once and each snapshot's weights loaded into it. Per-class IoU and mIoU go
 to ``SAVE/snapshots.json`` and ``SAVE/snapshots.csv`` after every snapshot; a rerun evaluates only new or changed
 snapshots; ``--watch`` follows a running training until its last snapshot. The best snapshot's label maps are
-written to SAVE/ (every snapshot's, to ``SAVE/<stem>/``, with ``--save-all``). See docs/evaluate_run.md.
+written to SAVE/ (every snapshot's, to ``SAVE/<stem>/``, with ``--save-all``). See docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ from PIL import Image
 from dataset.checks import DatasetError, open_rgb
 from dataset.cityscapes_dataset import cityscapes_image_path, cityscapesDataSet, gtfine_name
 from dataset.crosscity_dataset import CITIES, CrossCityDataSet, crosscity_gt_name, crosscity_image_dir
-from dataset.gta5_dataset import finish, to_network_input
+from dataset.transforms import preprocess
 from dataset.labels import IMG_MEAN, colorize_mask, colorize_rgb, load_info
 from dataset.settings import SOURCES, TARGETS, resolve_setting
 from model import build_model, model_outputs
@@ -526,7 +526,7 @@ class ResizedImages(torch.utils.data.Dataset):
 
     Items are the wrapped dataset's ``(image [3, H, W] float32 BGR minus the mean, size, name)``. For the images in
     the cache they are made from the uint8 RGB array of PIL's bicubic resize with the dataset's own conversion
-    (:func:`to_network_input`, :func:`finish`), so they are bitwise what the dataset returns; the other images are
+    (:func:`dataset.transforms.preprocess`), so they are bitwise what the dataset returns; the other images are
     read by the dataset itself. :meth:`fill` decodes the first images that fit ``budget_bytes`` (W*H*3 each).
     """
 
@@ -556,7 +556,7 @@ class ResizedImages(torch.utils.data.Dataset):
         rgb = self.cache.get(index)
         if rgb is None:
             return self.dataset[index]
-        image, size = finish(to_network_input(rgb, self.dataset.mean))
+        image, _, size = preprocess(Image.fromarray(rgb), None, None, False, False, self.dataset.mean, None, 255)
         return image, size, self.dataset.files[index]["name"]
 
 

@@ -259,7 +259,7 @@ def test_watch_follows_a_training_run_and_stops_after_its_last_snapshot(run, tmp
             folder.mkdir()
             (folder / "args.json").write_text(json.dumps({"num_steps": 6, "num_steps_stop": 150000,
                                                           "save_pred_every": 2, "source": "gta5"}))
-            save_snapshot(folder, 2, tiny_model(1), disc, disc)
+            save_snapshot(folder, 2, {"model": tiny_model(1), "model_D1": disc, "model_D2": disc})
             time.sleep(0.4)
             data = (snap / "GTA5_4.pth").read_bytes()
             tmp = folder / ".GTA5_4.pth.k3j2.tmp"
@@ -268,7 +268,7 @@ def test_watch_follows_a_training_run_and_stops_after_its_last_snapshot(run, tmp
             tmp.write_bytes(data)
             os.replace(tmp, folder / "GTA5_4.pth")
             time.sleep(0.4)
-            save_snapshot(folder, 6, tiny_model(2), disc, disc)  # num_steps < num_steps_stop: the last is 6
+            save_snapshot(folder, 6, {"model": tiny_model(2), "model_D1": disc, "model_D2": disc})  # num_steps < num_steps_stop: the last is 6
         except BaseException as exc:  # noqa: BLE001 - reported by the test
             errors.append(exc)
 
