@@ -30,18 +30,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dataset.checks import DatasetError, dataset_error_message
-from dataset.labels import IMG_MEAN, colorize_rgb
-from dataset.settings import CITIES, SOURCES, TARGETS, resolve_setting
+from dataset.labels import CLASS_NAMES, IMG_MEAN, colorize_rgb
+from dataset.settings import CITIES, SOURCES, TARGETS, eval_classes, resolve_setting, training_sets, validation_set
 from model import FCDiscriminator, build_model
 from utils.checkpoint import (RESUME_NAME, SnapshotDirBusy, SnapshotDirLock, StopRequest, find_resume_file,
                               load_training_state, remove_stale_temporaries, restore_training_state, RunFiles,
                               snapshot_space_warning)
 from utils.cli import ArgumentParser, UsageError, fail, parse_layers, parse_size, repo_path, usable_cpus
 from utils.device import configure_backends, resolve_amp_dtype, seed_everything, select_device
-from utils.distributed import (all_reduce_gradients_, all_reduce_max_int, all_reduce_mean_, broadcast_module_,
+from utils.distributed import (all_reduce_gradients_, all_reduce_max_int, all_reduce_mean_, all_reduce_sum_,
+                               broadcast_module_,
                                cleanup_distributed, get_rank, get_world_size, init_distributed, is_main_process,
                                unwrap)
-from utils.files import WriteError, atomic_write, check_writable_dir
+from utils.files import WriteError, atomic_torch_save, atomic_write, check_writable_dir
+from utils.metrics import fast_hist, mean_iu, per_class_iu, subset_indices
 from utils.loss import GAN_CHOICES, SOURCE_LABEL, TARGET_LABEL, AdversarialLoss, CrossEntropy2d
 from utils.optim import Adam04, FaithfulSGD, adjust_learning_rate, lr_poly
 from utils.sampling import shutdown_loader, training_loader
@@ -163,6 +165,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                           "feature-adaptation baseline, layer4's features (single-level, D2 on 2048 channels; "
                           "docs/training.md)")
 
+    val = parser.add_argument_group("validation during training (beyond the original)")
+    val.add_argument("--eval-every", type=int, default=0, metavar="N",
+                     help="every N iterations (with the snapshots when N = --save-pred-every) and at the end: the "
+                          "mIoU on the target's labelled split, logged and in TensorBoard (val/mIoU); the best "
+                          "network kept as <prefix>_best.pth; 0: never")
+    val.add_argument("--eval-list", metavar="LIST",
+                     help="the validation images (default: the --target setting's, Cityscapes: "
+                          "./dataset/cityscapes_list/val.txt; Cross-City: every test image of --city)")
+    val.add_argument("--eval-data-dir", metavar="DIR", help="the folder of the validation images and labels "
+                                                            "(default: --data-dir-target)")
+
     speed = parser.add_argument_group("speed and multi-GPU (beyond the original; several GPUs: torchrun "
                                       "--nproc-per-node=N train_gta2cityscapes_multi.py ...)")
     speed.add_argument("--amp", action="store_true",
@@ -199,6 +212,8 @@ def validate_args(args: argparse.Namespace) -> None:
     fill_setting_defaults(args)
     args.data_list = repo_path(args.data_list, "--data-list")
     args.data_list_target = repo_path(args.data_list_target, "--data-list-target")
+    if args.eval_every:
+        args.eval_list = repo_path(args.eval_list or TARGETS[args.target].eval_list, "--eval-list")
     try:
         resolve_setting(args.source, args.target, args.city)
         torchvision_restore_weights(args.restore_from)  # "torchvision:" without a weights name fails here
@@ -210,7 +225,7 @@ def validate_args(args: argparse.Namespace) -> None:
                  "num_classes"):
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
-    for flag in ("num_workers", "save_num_images"):
+    for flag in ("num_workers", "save_num_images", "eval_every"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}")
     if args.adapt_space == "feature" and (args.model == "DeeplabVGG" or args.source_only):
@@ -354,19 +369,17 @@ def wrap_distributed(t: Trainer) -> None:
 
 
 def build_datasets(args: argparse.Namespace):
-    """The training sets of ``--source`` / ``--target`` (``dataset/settings.py``), as the original built GTA5 and
-    Cityscapes (their checks raise ``DatasetError``): source items ``(image, label, size, name)``, target items
-    ``(image, size, name)`` (None with ``--source-only``), each list repeated to cover every sample of the run."""
-    max_iters = args.num_steps * args.iter_size * args.batch_size * get_world_size()
-    common = dict(max_iters=max_iters, mirror=args.random_mirror, mean=IMG_MEAN, seed=args.random_seed)
-    source = SOURCES[args.source].dataset(args.data_dir, args.data_list, crop_size=args.input_size,
-                                          scale=args.random_scale, ignore_label=args.ignore_label, **common)
-    if args.source_only:
-        return source, None
-    city = (args.city,) if args.target == "crosscity" else ()
-    target = TARGETS[args.target].dataset(args.data_dir_target, *city, args.data_list_target,
-                                          crop_size=args.input_size_target, scale=False, set=args.set, **common)
-    return source, target
+    """The source and target training sets (``dataset/settings.py``; no target with ``--source-only``), each
+    repeated to cover every sample of the run on all ranks, and the validation set of ``--eval-every`` (or None)."""
+    source_set, target_set = training_sets(
+        args.source, None if args.source_only else args.target, data_dir=args.data_dir, data_list=args.data_list,
+        input_size=args.input_size, data_dir_target=args.data_dir_target, data_list_target=args.data_list_target,
+        input_size_target=args.input_size_target, city=args.city, set=args.set, mirror=args.random_mirror,
+        scale=args.random_scale, ignore_label=args.ignore_label, mean=IMG_MEAN, seed=args.random_seed,
+        max_iters=args.num_steps * args.iter_size * args.batch_size * get_world_size())
+    val_set = validation_set(args.target, args.eval_data_dir or args.data_dir_target, args.eval_list,
+                             args.input_size_target, args.city) if args.eval_every else None
+    return source_set, target_set, val_set
 
 
 def source_batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -498,6 +511,31 @@ def train_step(t: Trainer, source_iter: Iterator, target_iter: Iterator, i_iter:
     return losses
 
 
+def validate(t: Trainer, val_set, classes: int) -> float:
+    """The mIoU (%) of the network on ``val_set`` over the class subset ``classes``, as ``evaluate_cityscapes.py``
+    computes it (the main output upsampled to each label's size, float32); under ``torchrun`` the ranks share the
+    images and add up their confusion matrices. It changes nothing of the training: eval mode and no gradients
+    (BatchNorm uses its running statistics and keeps them), no random number drawn (the loader has its own
+    generator), the train mode restored after."""
+    from evaluate_cityscapes import predict_labels
+
+    model, n = unwrap(t.model), t.args.num_classes
+    shard = torch.utils.data.Subset(val_set, range(get_rank(), len(val_set), get_world_size()))
+    loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=min(t.args.num_workers, 2),
+                                         generator=torch.Generator().manual_seed(0))
+    hist = np.zeros((n, n), dtype=np.int64)
+    model.eval()
+    try:
+        with torch.no_grad():
+            for image, label, _, _ in loader:
+                pred = predict_labels(model, image.to(t.device, memory_format=t.memory_format), label.shape[-2:])
+                hist += fast_hist(label.numpy(), pred.cpu().numpy(), n)
+    finally:
+        model.train()
+    hist = all_reduce_sum_(torch.from_numpy(hist).to(t.device)).cpu().numpy()
+    return 100 * mean_iu(per_class_iu(hist)[subset_indices(CLASS_NAMES, classes)])
+
+
 # ---- outputs --------------------------------------------------------------------------------------------------------
 
 
@@ -580,7 +618,7 @@ def prepare(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLoc
             logger.info("--resume auto: no %s in %s yet; starting afresh", RESUME_NAME, snapshot_dir)
     args.resume_path = str(resume_path) if resume_path else None
     state = load_training_state(resume_path) if resume_path else None
-    source_set, target_set = build_datasets(args)  # data checks: before any expensive set-up
+    source_set, target_set, val_set = build_datasets(args)  # the data checks: before any expensive set-up
     seed_everything(args.random_seed)
     t = build_training(args, device)
     start_iter = restore_training_state(state, resume_path, nets=t.nets, optimizers=t.optimizers, scaler=t.scaler,
@@ -590,13 +628,13 @@ def prepare(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLoc
         check_writable_dir(args.log_dir, "--log-dir")
     if is_main_process():
         remove_stale_temporaries(snapshot_dir)
-    return t, source_set, target_set, state, start_iter
+    return t, (source_set, target_set, val_set), state, start_iter
 
 
 def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock) -> int:
     """:func:`main` after the device and process-group set-up: :func:`prepare`, then the loop and its outputs."""
     try:
-        t, source_set, target_set, state, start_iter = prepare(args, device, lock)
+        t, (source_set, target_set, val_set), state, start_iter = prepare(args, device, lock)
     except (UsageError, SnapshotDirBusy) as exc:
         return fail(PROG, str(exc), 2)
     except (DatasetError, CheckpointMismatchError, FileNotFoundError, IsADirectoryError, ValueError, OSError) as exc:
@@ -635,13 +673,16 @@ def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock)
         writer = SummaryWriter(args.log_dir)
 
     files = RunFiles(snapshot_dir, snapshot_prefix(args), start_iter if state else None)
+    best = (state or {}).get("validation") or {"mIoU": -1.0, "iteration": None}  # --eval-every's best so far
+    classes = eval_classes(args.source, args.target)
 
     def save(tag: int | None, next_iter: int) -> None:
         """Rank 0: the snapshot set ``<prefix>_<tag>`` (unless None) and the training state before ``next_iter``."""
         if main_process:
             done = {k: positions[k] + (next_iter - start_iter) * per_iter for k in ("source", "target")}
             files.save(tag, t.nets, next_iter, optimizers=t.optimizers, data_positions=done,
-                       args=args_to_json(args), scaler=t.scaler)
+                       args=args_to_json(args), scaler=t.scaler,
+                       extra={"validation": best} if args.eval_every else None)
 
     from tqdm import tqdm
 
@@ -675,9 +716,20 @@ def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock)
                     if writer is not None and i_iter % 10 == 0:
                         for name, value in losses.items():
                             writer.add_scalar(name, value, i_iter)
+                # the original's names: <i> for a periodic snapshot, the step count at the end
+                tag = i_iter if periodic and not stop_now else i_iter + 1
+                if args.eval_every and (last or (i_iter % args.eval_every == 0 and i_iter)):
+                    miou = validate(t, val_set, classes)
+                    if main_process and miou > best["mIoU"]:
+                        atomic_torch_save({k: v.detach().cpu() for k, v in unwrap(t.model).state_dict().items()},
+                                          snapshot_dir / f"{snapshot_prefix(args)}_best.pth")
+                        best = {"mIoU": miou, "iteration": tag}
+                    if main_process:
+                        tqdm.write(f"iter = {tag:8d}: val/mIoU = {miou:.2f} (best {best['mIoU']:.2f} at iteration "
+                                   f"{best['iteration']}; {classes} classes)")
+                        if writer is not None:
+                            writer.add_scalar("val/mIoU", miou, i_iter)
                 if snapshot_now:
-                    # the original's names: <i> for a periodic snapshot, the step count at the end
-                    tag = i_iter if periodic and not stop_now else i_iter + 1
                     if main_process:
                         tqdm.write("taking snapshot ..." if tag == i_iter else "save model ...")
                     save(tag, i_iter + 1)

@@ -260,7 +260,7 @@ class OriginalPort:
     original's ``DataLoader(shuffle=True, pin_memory=True)``."""
 
     def __init__(self, targs: argparse.Namespace, device: torch.device) -> None:
-        source_set, target_set = train.build_datasets(targs)
+        source_set, target_set, _ = train.build_datasets(targs)
         seed_everything(targs.random_seed)
         self.port = OriginalIteration(*train.build_networks(targs, device), targs)
         pin = device.type == "cuda"
@@ -289,7 +289,7 @@ class Ours:
     """The training script's data pipeline, set-up (flags ``extra``) and :func:`train_step`."""
 
     def __init__(self, targs: argparse.Namespace, device: torch.device) -> None:
-        source_set, target_set = train.build_datasets(targs)
+        source_set, target_set, _ = train.build_datasets(targs)
         seed_everything(targs.random_seed)
         self.setup = train.build_training(targs, device)
         loaders = [training_loader(ds, batch_size=targs.batch_size, num_workers=targs.num_workers,

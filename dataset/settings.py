@@ -115,4 +115,33 @@ def eval_classes(source: str, target: str) -> int:
     return min(SOURCES[source].eval_classes, TARGETS[target].eval_classes)
 
 
-__all__ = ["SourceSetting", "TargetSetting", "SOURCES", "TARGETS", "CITIES", "eval_classes", "resolve_setting"]
+def training_sets(source: str, target: str | None, *, data_dir: str, data_list: str | None, input_size: tuple,
+                  data_dir_target: str | None = None, data_list_target: str | None = None,
+                  input_size_target: tuple | None = None, city: str | None = None, set: str = "train",
+                  max_iters: int | None = None, mirror: bool = False, scale: bool = False, ignore_label: int = 255,
+                  mean=None, seed: int = 0):
+    """The source and target training sets of a setting, built as the original built GTA5 and Cityscapes (their
+    checks raise ``DatasetError``): source items ``(image, label, size, name)``, target items ``(image, size,
+    name)`` (``target=None``: no target set), each list repeated to ``max_iters`` items. ``scale`` (the random
+    rescale) applies to the source only, ``mirror`` to both."""
+    common = dict(max_iters=max_iters, mirror=mirror, seed=seed, **({} if mean is None else {"mean": mean}))
+    source_set = SOURCES[source].dataset(data_dir, data_list, crop_size=input_size, scale=scale,
+                                         ignore_label=ignore_label, **common)
+    if target is None:
+        return source_set, None
+    city_arg = (city,) if target == "crosscity" else ()
+    return source_set, TARGETS[target].dataset(data_dir_target, *city_arg, data_list_target,
+                                               crop_size=input_size_target, scale=False, set=set, **common)
+
+
+def validation_set(target: str, data_dir: str, data_list: str | None, input_size: tuple, city: str | None = None):
+    """The labelled evaluation split of ``target`` (``TargetSetting.eval_set``): items ``(image, label, size,
+    name)`` with the label in trainIds at its native resolution (predictions are upsampled to it)."""
+    setting = TARGETS[target]
+    city_arg = (city,) if target == "crosscity" else ()
+    return setting.dataset(data_dir, *city_arg, data_list, crop_size=input_size, set=setting.eval_set,
+                           return_label=True)
+
+
+__all__ = ["SourceSetting", "TargetSetting", "SOURCES", "TARGETS", "CITIES", "eval_classes", "resolve_setting",
+           "training_sets", "validation_set"]

@@ -126,3 +126,42 @@ def test_feature_space_needs_the_resnet(capsys):
         with pytest.raises(train.UsageError, match="--adapt-space feature"):
             train.validate_args(args)
     FCDiscriminator(train.FEATURE_CHANNELS)  # the discriminator itself takes any channel count
+
+
+def test_validation_during_training_changes_nothing_and_keeps_the_best(data, tmp_path, capsys):
+    """--eval-every: the same snapshots bit for bit as without it; val/mIoU lines at the snapshots and at the end;
+    <prefix>_best.pth is the best of them, and its mIoU is what evaluate_cityscapes.py computes for it."""
+    import json
+    import re
+
+    import evaluate_cityscapes
+
+    base = train_argv(data, tmp_path / "plain", "--random-mirror", "--num-workers", "1")
+    assert train.main(train.get_args_parser().parse_args(base)) == 0
+    capsys.readouterr()
+    val = ["--eval-every", "2", "--eval-data-dir", str(data.cityscapes_root), "--eval-list",
+           str(data.cityscapes_val_list)]
+    argv = train_argv(data, tmp_path / "val", "--random-mirror", "--num-workers", "1", *val)
+    assert train.main(train.get_args_parser().parse_args(argv)) == 0
+    out = capsys.readouterr().out
+    for name in ("GTA5_2.pth", "GTA5_2_D1.pth", "GTA5_4.pth", "GTA5_4_D2.pth"):
+        a = torch.load(tmp_path / "plain" / name, weights_only=True)
+        b = torch.load(tmp_path / "val" / name, weights_only=True)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    found = re.findall(r"iter = +(\d+): val/mIoU = ([\d.]+) \(best ([\d.]+) at iteration (\d+); 19 classes\)", out)
+    assert [int(i) for i, *_ in found] == [2, 4]
+    mious = {int(i): float(m) for i, m, *_ in found}
+    best_iter = max(mious, key=mious.get)  # the first of equal ones stays the best
+    assert int(found[-1][3]) == best_iter
+    best = torch.load(tmp_path / "val" / "GTA5_best.pth", weights_only=True)
+    snapshot = torch.load(tmp_path / "val" / f"GTA5_{best_iter}.pth", weights_only=True)
+    assert all(torch.equal(best[k], snapshot[k]) for k in snapshot)
+    state = torch.load(tmp_path / "val" / "resume.pth", weights_only=True)
+    assert state["validation"]["iteration"] == best_iter
+    eval_args = evaluate_cityscapes.get_args_parser().parse_args(
+        ["--restore-from", str(tmp_path / "val" / "GTA5_best.pth"), "--resnet-layers", "1,1,1,1", "--cpu",
+         "--data-dir", str(data.cityscapes_root), "--data-list", str(data.cityscapes_val_list),
+         "--input-size", "32,32", "--output-size", "48,32", "--gt-dir", str(data.gt_dir),
+         "--save", str(tmp_path / "pred"), "--json", str(tmp_path / "iou.json")])
+    assert evaluate_cityscapes.main(eval_args) == 0
+    assert json.loads((tmp_path / "iou.json").read_text())["mIoU"] * 100 == pytest.approx(mious[best_iter], abs=0.006)

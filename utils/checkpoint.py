@@ -103,12 +103,14 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 def save_training_state(path: str | Path, *, next_iter: int, nets: Mapping[str, nn.Module],
                         optimizers: Mapping[str, torch.optim.Optimizer], data_positions: dict[str, int],
-                        args: dict[str, Any], scaler: torch.amp.GradScaler | None = None) -> Path:
+                        args: dict[str, Any], scaler: torch.amp.GradScaler | None = None,
+                        extra: dict[str, Any] | None = None) -> Path:
     """Write everything needed to continue at iteration ``next_iter`` to ``path`` atomically.
 
     ``nets``/``optimizers``: by :data:`NETWORK_KEYS` / :data:`OPTIMIZER_KEYS` (those a run has). ``data_positions``: samples consumed
     per domain (global, all ranks), e.g. ``{"source": 12, "target": 12}``. ``args``: JSON-like dict of the run's
     arguments (kept to warn when a resume changes them). ``scaler``: the float16 gradient scaler, when enabled.
+    ``extra``: more entries (plain values, e.g. the best validation mIoU so far).
     """
     state = {
         "format": RESUME_FORMAT,
@@ -122,7 +124,7 @@ def save_training_state(path: str | Path, *, next_iter: int, nets: Mapping[str, 
     }
     if scaler is not None and scaler.is_enabled():
         state["scaler"] = scaler.state_dict()
-    return atomic_torch_save(state, path)
+    return atomic_torch_save({**state, **(extra or {})}, path)
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

@@ -99,6 +99,13 @@ def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_sum_(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over the ranks, in place (returned as it is in a single process)."""
+    if _active():
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def all_reduce_max_int(value: int, device: torch.device) -> int:
     """The largest ``value`` over the ranks: e.g. a stop request that reached one rank only, so that every rank
     stops at the same iteration."""
