@@ -49,8 +49,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -64,6 +62,7 @@ from utils.cli import parse_size  # noqa: E402
 from utils.device import configure_backends, seed_everything  # noqa: E402
 from utils.optim import FaithfulSGD  # noqa: E402
 from utils.sampling import training_loader  # noqa: E402
+from utils.training import build_networks  # noqa: E402
 
 #: Dense (no sparsity) bf16 tensor-core peak in TFLOP/s by device-name substring; first match wins.
 BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
@@ -262,7 +261,7 @@ class OriginalPort:
     def __init__(self, targs: argparse.Namespace, device: torch.device) -> None:
         source_set, target_set, _ = train.build_datasets(targs)
         seed_everything(targs.random_seed)
-        self.port = OriginalIteration(*train.build_networks(targs, device), targs)
+        self.port = OriginalIteration(*build_networks(targs, device), targs)
         pin = device.type == "cuda"
         loaders = [torch.utils.data.DataLoader(ds, batch_size=targs.batch_size, shuffle=True,
                                                num_workers=targs.num_workers, pin_memory=pin)

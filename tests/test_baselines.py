@@ -14,6 +14,7 @@ from tiny_training import make_tiny_data, one_thread  # noqa: F401 (one_thread: 
 from tiny_training import train_argv
 from tools.make_synthetic_data import make_synthetic_datasets
 from utils.device import seed_everything
+from utils.training import FEATURE_CHANNELS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LAYERS = (1, 1, 1, 1)
@@ -98,7 +99,7 @@ def test_feature_space_adaptation_step():
     gradient reaches the backbone; D1 stays untouched."""
     size = (256, 256)  # layer4 at 1/8: 33x33, enough for D's five stride-2 convs
     t = _trainer("--adapt-space", "feature", "--lambda-adv-target2", "1.0", size=size, size_t=size)
-    assert not t.use_aux and t.model_D2.conv1.in_channels == train.FEATURE_CHANNELS
+    assert not t.use_aux and t.model_D2.conv1.in_channels == FEATURE_CHANNELS
     assert t.model_D1.conv1.in_channels == 19
     d1 = copy.deepcopy(t.model_D1.state_dict())
     no_adv = copy.deepcopy(t)
@@ -125,7 +126,7 @@ def test_feature_space_needs_the_resnet(capsys):
         args = train.get_args_parser().parse_args(["--adapt-space", "feature", "--restore-from", "none", *extra])
         with pytest.raises(train.UsageError, match="--adapt-space feature"):
             train.validate_args(args)
-    FCDiscriminator(train.FEATURE_CHANNELS)  # the discriminator itself takes any channel count
+    FCDiscriminator(FEATURE_CHANNELS)  # the discriminator itself takes any channel count
 
 
 def test_validation_during_training_changes_nothing_and_keeps_the_best(data, tmp_path, capsys):

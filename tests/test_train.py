@@ -19,6 +19,8 @@ from tiny_training import make_tiny_data, one_thread  # noqa: F401 (one_thread: 
 from tiny_training import train_argv as _argv
 from utils.optim import lr_poly
 from utils.device import seed_everything
+import utils.training
+from utils.training import build_networks
 from utils.weights import restore_segmentation_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -335,7 +337,7 @@ def _setup(argv_extra: list[str], seed: int = 0):
 def test_single_level_shortcut_leaves_main_path_unchanged(data, tmp_path, monkeypatch):
     single = ("--lambda-seg", "0", "--lambda-adv-target1", "0", "--lambda-adv-target2", "0.01", "--num-steps-stop", "2")
     assert _run(data, tmp_path / "shortcut", *single) == 0
-    monkeypatch.setattr(train, "is_single_level", lambda args: False)  # the full step, as the original ran it
+    monkeypatch.setattr(utils.training, "is_single_level", lambda args: False)  # the full step, as the original ran
     assert _run(data, tmp_path / "full", *single) == 0
     a, b = _load(tmp_path / "shortcut" / "GTA5_2.pth"), _load(tmp_path / "full" / "GTA5_2.pth")
     main_path = [k for k in a if not k.startswith("layer5.")]
@@ -465,7 +467,7 @@ def test_restore_discriminators_from_files(tmp_path):
     args = train.get_args_parser().parse_args(
         ["--restore-from", "none", "--resnet-layers", "1,1,1,1", "--restore-from-D1", str(tmp_path / "d1.pth"),
          "--restore-from-D2", str(tmp_path / "d2.pth")])
-    _, m1, m2 = train.build_networks(args, torch.device("cpu"))
+    _, m1, m2 = build_networks(args, torch.device("cpu"))
     assert all(torch.equal(m1.state_dict()[k], v) for k, v in d1.state_dict().items())
     assert all(torch.equal(m2.state_dict()[k], v) for k, v in d2.state_dict().items())
 
