@@ -146,7 +146,7 @@ def test_space_warning_before_the_hours_are_spent(tmp_path, monkeypatch):
 
 def _spawn(data, snap: Path, *extra: str) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(REPO / "train_gta2cityscapes_multi.py"), *train_argv(data, snap, *extra)]
+    cmd = [sys.executable, str(REPO / "tests" / "train_with_hooks.py"), *train_argv(data, snap, *extra)]
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
@@ -160,7 +160,8 @@ def _first_iteration(proc: subprocess.Popen) -> None:
 
 def test_second_run_on_the_same_folder_refuses_at_once(data, tmp_path):
     snap = tmp_path / "snap"
-    first = _spawn(data, snap, "--num-steps", "300", "--num-steps-stop", "300", "--save-pred-every", "1000")
+    go = tmp_path / "go"  # the first run waits at iteration 1 until this file exists
+    first = _spawn(data, snap, "--num-steps", "4", "--num-steps-stop", "4", "--wait-at", "1", "--until", str(go))
     try:
         _first_iteration(first)
         t0 = time.monotonic()
@@ -172,9 +173,10 @@ def test_second_run_on_the_same_folder_refuses_at_once(data, tmp_path):
                          rf"run \(pid {first.pid}, started \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\); use another folder or "
                          "stop that run$", second.stderr.strip(), re.M), second.stderr
         assert "iter =" not in second.stdout
+        go.touch()
         out, err = first.communicate(timeout=120)
         assert first.returncode == 0, err  # the first run was not disturbed
-        assert (snap / "GTA5_300.pth").is_file()
+        assert (snap / "GTA5_4.pth").is_file()
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

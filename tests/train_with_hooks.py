@@ -5,6 +5,8 @@
 
 ``--dump-ranks DIR``: after the run, every rank writes its final weights to ``DIR/rank<R>.pth`` (keys
 ``model.*``, ``D1.*``, ``D2.*``). ``--signal-at I``: the last rank sends itself SIGTERM during iteration ``I``.
+``--wait-at I --until FILE``: iteration ``I`` starts only once ``FILE`` exists (a run kept alive while a test
+does something beside it).
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,6 +28,8 @@ def run(argv: list[str]) -> int:
     hooks = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     hooks.add_argument("--dump-ranks", default=None)
     hooks.add_argument("--signal-at", type=int, default=None)
+    hooks.add_argument("--wait-at", type=int, default=None)
+    hooks.add_argument("--until", default=None)
     h, rest = hooks.parse_known_args(argv)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     seen = []
@@ -34,6 +39,8 @@ def run(argv: list[str]) -> int:
         seen[:] = [t]
         if h.signal_at == i_iter and rank == world - 1:
             os.kill(os.getpid(), signal.SIGTERM)
+        while h.wait_at == i_iter and not os.path.exists(h.until):
+            time.sleep(0.05)
         return step(t, source, target, i_iter, **kw)
 
     train.train_step = hooked_step
