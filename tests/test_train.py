@@ -635,3 +635,44 @@ def test_restore_from_trained_snapshot_loads_as_is(tmp_path):
         for k in got:
             expected = fresh[k] if not_last and k.startswith(("layer5.", "layer6.")) else donor[k]
             assert torch.equal(got[k], expected), k
+
+
+def test_num_workers_default_fits_the_machine(monkeypatch):
+    """The original's 4 loader processes per domain, at most the usable cores (no DataLoader warning about too
+    many workers on a 2-core machine)."""
+    for cores, expected in ((2, 2), (1, 1), (16, 4)):
+        monkeypatch.setattr(train, "usable_cpus", lambda cores=cores: cores)
+        assert train.get_args_parser().parse_args([]).num_workers == expected
+
+
+def test_gpu_without_cuda_is_a_usage_error(data, tmp_path, capsys, monkeypatch, caplog):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [a for a in _argv(data, tmp_path / "snap") if a != "--cpu"]
+    assert train.main(train.get_args_parser().parse_args(argv + ["--gpu", "1"])) == 2
+    err = capsys.readouterr().err
+    assert "train_gta2cityscapes_multi.py: error: --gpu 1: CUDA is not available on this machine; pass --cpu" in err
+    assert not (tmp_path / "snap").exists()
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        assert train.main(train.get_args_parser().parse_args(argv + ["--num-steps-stop", "1"])) == 0
+    assert any(r.levelno == logging.WARNING and "CUDA is not available: running on the CPU" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_default_lists_found_from_another_folder(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.chdir(tmp_path)
+    args = train.get_args_parser().parse_args(["--restore-from", "none", "--eval-every", "5"])
+    with caplog.at_level(logging.INFO):
+        train.validate_args(args)
+    assert args.data_list == str(REPO / "dataset" / "gta5_list" / "train.txt")
+    assert args.data_list_target == str(REPO / "dataset" / "cityscapes_list" / "train.txt")
+    assert args.eval_list == str(REPO / "dataset" / "cityscapes_list" / "val.txt")
+    assert "--data-list ./dataset/gta5_list/train.txt: not in the current folder" in caplog.text
+    (tmp_path / "dataset" / "gta5_list").mkdir(parents=True)  # a list of the same name here wins
+    (tmp_path / "dataset" / "gta5_list" / "train.txt").write_text("00001.png\n")
+    args = train.get_args_parser().parse_args(["--restore-from", "none"])
+    train.validate_args(args)
+    assert args.data_list == "./dataset/gta5_list/train.txt"
