@@ -38,6 +38,7 @@ from dataset.cityscapes_dataset import cityscapes_image_path, cityscapesDataSet,
 from dataset.crosscity_dataset import CITIES, CrossCityDataSet, crosscity_gt_name, crosscity_image_dir
 from dataset.labels import IMG_MEAN, colorize_mask, colorize_rgb, load_info
 from dataset.settings import TARGETS, resolve_setting
+from dataset.transforms import to_network_input
 from model import build_model, model_outputs
 from model.resnet import RESNET101_LAYERS
 from utils.metrics import (
@@ -143,6 +144,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              "--city the city, the images <City>/Images/Test/* (all of them unless --data-list is "
                              "given) and --gt-dir <City>/Labels/Test (labels <stem>_eval.png)")
     beyond.add_argument("--city", type=str, default=None, choices=CITIES, help="the city of --target crosscity")
+    beyond.add_argument("--data-cache", type=str, default=None, metavar="DIR",
+                        help="read the images already resized from this cache (tools/prepare_cache.py --target ... "
+                             "--set val --skip-source, docs/data.md); the same predictions")
     return parser
 
 
@@ -333,14 +337,16 @@ def evaluate(args: argparse.Namespace) -> np.ndarray | None:
     if args.json:
         check_writable_dir(Path(args.json).resolve().parent, "--json")
 
+    # uint8 items, converted to the network's float32 input on the device (bitwise the original's); --data-cache
+    items = dict(uint8=True, data_cache=getattr(args, "data_cache", None))
     if crosscity:  # the labelled Test split by default; every image of it unless a list is given
         cc_set = TARGETS["crosscity"].eval_set if args.set in ("val", "test") else args.set
         data_list = None if args.data_list == DATA_LIST_PATH else args.data_list
         dataset = CrossCityDataSet(args.data_dir, city, data_list, crop_size=tuple(args.input_size), mean=IMG_MEAN,
-                                   scale=False, mirror=False, ignore_label=args.ignore_label, set=cc_set)
+                                   scale=False, mirror=False, ignore_label=args.ignore_label, set=cc_set, **items)
     else:
         dataset = cityscapesDataSet(args.data_dir, args.data_list, crop_size=tuple(args.input_size), mean=IMG_MEAN,
-                                    scale=False, mirror=False, ignore_label=args.ignore_label, set=args.set)
+                                    scale=False, mirror=False, ignore_label=args.ignore_label, set=args.set, **items)
     names = [f["name"] for f in dataset.files]
     outputs = Outputs(save_dir=save_dir, overlay=args.save_overlay, data_dir=args.data_dir, set=args.set,
                       num_classes=args.num_classes)
@@ -389,7 +395,7 @@ def evaluate(args: argparse.Namespace) -> np.ndarray | None:
             with torch.inference_mode():
                 for batch in loader:
                     image, _, batch_names = batch
-                    labels = predict_labels(model, image.to(device, non_blocking=True), output_hw,
+                    labels = predict_labels(model, to_network_input(image, device, mean=IMG_MEAN), output_hw,
                                             flip=args.flip, scales=args.scales, amp=args.amp)
                     labels = labels.cpu().numpy()
                     for label, name in zip(labels, batch_names):

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from dataset.checks import DatasetError, dataset_error_message
 from dataset.labels import IMG_MEAN, colorize_rgb
+from dataset.transforms import display_rgb, to_network_input
 from dataset.settings import CITIES, SOURCES, TARGETS, resolve_setting
 from model import FCDiscriminator, build_model
 from utils.checkpoint import (RESUME_NAME, SnapshotDirBusy, SnapshotDirLock, StopRequest, find_resume_file,
@@ -167,6 +168,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     speed.add_argument("--deterministic", action="store_true",
                        help="deterministic cuDNN algorithms and torch.use_deterministic_algorithms(warn_only=True), "
                             "no cuDNN autotuning (off: cudnn.benchmark, as the original)")
+    speed.add_argument("--data-cache", metavar="DIR",
+                       help="read the frames already resized from this cache (tools/prepare_cache.py, docs/data.md): "
+                            "the same batches, a fraction of the loaders' CPU time; not with --random-scale")
     return parser
 
 
@@ -207,6 +211,9 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError("--model DeeplabVGG: the default --restore-from is the ResNet-101 initialisation and does "
                          "not fit VGG-16; pass --restore-from with a torchvision-layout VGG-16 state_dict (features "
                          "are copied), 'torchvision' (its ImageNet VGG-16), a DeeplabVGG checkpoint, or 'none'")
+    if args.data_cache and args.random_scale:
+        raise UsageError(f"--random-scale rescales the full-resolution frames, which --data-cache {args.data_cache} "
+                         "does not hold (its frames are resized to the input size): drop one of the two")
     for flag in ("input_size", "input_size_target"):
         w, h = getattr(args, flag)
         if min(w, h) < MIN_INPUT_SIDE:
@@ -332,7 +339,9 @@ def build_datasets(args: argparse.Namespace):
     Cityscapes (their checks raise ``DatasetError``): source items ``(image, label, size, name)``, target items
     ``(image, size, name)``, each list repeated to cover every sample of the run (all ranks)."""
     max_iters = args.num_steps * args.iter_size * args.batch_size * get_world_size()
-    common = dict(max_iters=max_iters, mirror=args.random_mirror, mean=IMG_MEAN, seed=args.random_seed)
+    # uint8 items: the float conversion happens on the device (upsampled_outputs), bitwise the original's input
+    common = dict(max_iters=max_iters, mirror=args.random_mirror, mean=IMG_MEAN, seed=args.random_seed, uint8=True,
+                  data_cache=getattr(args, "data_cache", None))
     source = SOURCES[args.source].dataset(args.data_dir, args.data_list, crop_size=args.input_size,
                                           scale=args.random_scale, ignore_label=args.ignore_label, **common)
     target_cls = TARGETS[args.target].dataset
@@ -372,12 +381,15 @@ def set_requires_grad(nets, flag: bool) -> None:
 
 
 def upsampled_outputs(t: Trainer, images: torch.Tensor, size_wh: tuple[int, int]) -> list[torch.Tensor]:
-    """The network's outputs for ``images`` [N, 3, H, W]: ``[aux, main]`` (``[main]`` without the auxiliary path),
-    each float32 logits [N, C, H', W'] upsampled to ``size_wh`` with the original's
-    ``nn.Upsample(mode='bilinear', align_corners=True)``. Under ``--amp`` only the 1/8-resolution logits are rounded:
-    they are upcast before upsampling, so the losses and the softmax fed to the discriminators are float32."""
+    """The network's outputs for a loader batch ``images`` (uint8 [N, H, W, 3] RGB, converted on the device to the
+    float32 [N, 3, H, W] BGR-minus-mean input by :func:`~dataset.transforms.to_network_input`; or that float32
+    input): ``[aux, main]`` (``[main]`` without the auxiliary path), each float32 logits [N, C, H', W'] upsampled to
+    ``size_wh`` with the original's ``nn.Upsample(mode='bilinear', align_corners=True)``. Under ``--amp`` only the
+    1/8-resolution logits are rounded: they are upcast before upsampling, so the losses and the softmax fed to the
+    discriminators are float32."""
+    x = to_network_input(images, t.device, t.memory_format)  # a quarter of the bytes crossed as uint8
     with torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
-        out = t.model(images.to(t.device, non_blocking=True, memory_format=t.memory_format))
+        out = t.model(x)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     outs = outs if t.use_aux else outs[-1:]
     return [F.interpolate(o.float(), size=(size_wh[1], size_wh[0]), mode="bilinear", align_corners=True)
@@ -484,12 +496,10 @@ def write_args_json(args: argparse.Namespace, snapshot_dir: Path) -> Path:
 
 def log_images(writer, visuals: dict, count: int, step: int) -> None:
     """Up to ``count`` source images (input, label, prediction) and target images (input, prediction)."""
-    def rgb(image: torch.Tensor) -> np.ndarray:  # [3, H, W] BGR minus the mean -> [H, W, 3] uint8 RGB
-        return np.clip((image.float().numpy().transpose(1, 2, 0) + IMG_MEAN)[:, :, ::-1], 0, 255).astype(np.uint8)
-
     for domain in ("source", "target"):
         for k in range(min(count, visuals[f"{domain}_image"].shape[0])):
-            shown = {"image": rgb(visuals[f"{domain}_image"][k]),
+            # uint8 [H, W, 3] RGB as loaded, or float32 [3, H, W] BGR minus the mean (--random-scale)
+            shown = {"image": display_rgb(visuals[f"{domain}_image"][k], IMG_MEAN),
                      "prediction": colorize_rgb(visuals[f"{domain}_pred"][k].numpy())}
             if domain == "source":
                 label = visuals["source_label"][k].numpy().astype(np.int64)

@@ -164,8 +164,14 @@ def open_label(path: str | Path, hint: str = GTA5_LABEL_HINT) -> Image.Image:
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    """Open and decode an image and convert it to RGB, as the original loaders did (``.convert('RGB')``)."""
-    return open_image(path, "image").convert("RGB")
+    """Open and decode an image and convert it to RGB, as the original loaders did (``.convert('RGB')``).
+
+    An image already in RGB is returned as decoded: ``convert`` would only copy it (the same pixels; a few ms of a
+    full-size frame). The loaders read through :func:`dataset.decode.read_rgb`, which decodes 8-bit RGB PNGs faster
+    and falls back to this.
+    """
+    image = open_image(path, "image")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 
