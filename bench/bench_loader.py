@@ -62,7 +62,8 @@ from dataset.cityscapes_dataset import cityscapesDataSet  # noqa: E402
 from dataset.decode import read_rgb  # noqa: E402
 from dataset.gta5_dataset import GTA5DataSet  # noqa: E402
 from dataset.labels import IMG_MEAN  # noqa: E402
-from dataset.transforms import CITYSCAPES_STREAM, GTA5_STREAM, item_rng, preprocess_uint8, to_network_input  # noqa: E402
+from dataset.transforms import (CITYSCAPES_STREAM, GTA5_STREAM, item_rng, preprocess_uint8,  # noqa: E402
+                                to_network_input)
 from original_loaders import CityscapesDataSetPort, GTA5DataSetPort  # noqa: E402  (tests/original_loaders.py)
 from tools.make_synthetic_data import make_synthetic_datasets  # noqa: E402
 from utils.cli import parse_size  # noqa: E402
@@ -334,7 +335,8 @@ def decoder_rows(paths: list[Path], rounds: int) -> list[dict]:
     decoders = {
         "Pillow open + load (the fallback)": lambda p: pillow_load(p),
         "pyspng + CRC check + Image.fromarray (ours: read_rgb)": lambda p: read_rgb(p),
-        "Pillow open + convert('RGB') + np.asarray (the original's)": lambda p: np.asarray(Image.open(p).convert("RGB")),
+        "Pillow open + convert('RGB') + np.asarray (the original's)":
+            lambda p: np.asarray(Image.open(p).convert("RGB")),
         "torchvision.io.decode_png + Image.fromarray": lambda p: Image.fromarray(
             decode_png(torch.from_numpy(np.fromfile(p, np.uint8)), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()),
         "cv2.imdecode(IMREAD_COLOR_RGB) + Image.fromarray": lambda p: Image.fromarray(cv2.imdecode(
@@ -411,7 +413,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                "worker_speedup_vs_port": port_worker / worker if worker and port_worker else None}
         if v in TARGETS:
             row["target"] = TARGETS[v]
-            row["target_met"] = row["worker_speedup_vs_port"] is not None and row["worker_speedup_vs_port"] >= TARGETS[v]
+            speedup = row["worker_speedup_vs_port"]
+            row["target_met"] = speedup is not None and speedup >= TARGETS[v]
         rows.append(row)
 
     # 2. DataLoader throughput

@@ -138,8 +138,8 @@ class BaseDataSet(data.Dataset):
         self.uint8 = bool(uint8) and not self.scale
         self.cache: DataCache | None = None
         if data_cache is not None and self.scale:
-            raise ValueError(f"{type(self).__name__}: scale (--random-scale) rescales the full-resolution frames, which "
-                             f"a data cache does not hold (it holds them resized to the input size): drop the "
+            raise ValueError(f"{type(self).__name__}: scale (--random-scale) rescales the full-resolution frames, "
+                             "which a data cache does not hold (it holds them resized to the input size): drop the "
                              f"cache (--data-cache {data_cache}) or the scale augmentation")
         self.check_ready()
         if self.return_label and (self.scale or self.is_mirror):

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import numpy as np
 from PIL import Image
 
-from dataset.checks import DatasetError, find_missing, format_paths
+from dataset.checks import DatasetError, find_missing
 from utils.files import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -67,6 +67,12 @@ TOOL = "tools/prepare_cache.py"
 
 class CacheError(DatasetError):
     """A data cache is missing, incomplete, stale or damaged. The message names the file and how to rebuild it."""
+
+
+def _some(items: list, limit: int = 3) -> str:
+    """Up to ``limit`` items on one line, then how many more (the cache's errors are one line each)."""
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def source_stat(path: Path) -> list[int]:
@@ -213,8 +219,8 @@ class DataCache:
         absent = [f["name"] for f in files if f["name"] not in entries]
         if absent:
             raise CacheError(f"{len(absent)} of the {len(files)} entries of {dataset.list_path or dataset.image_dir()} "
-                             f"are not in the data cache {directory} (built from another list?), e.g.:\n"
-                             f"{format_paths(absent)}\nadd them with: {rebuild}")
+                             f"are not in the data cache {directory} (built from another list?): {_some(absent)}; add "
+                             f"them with: {rebuild}")
         stale = []
         for f in files:
             entry = entries[f["name"]]
@@ -228,15 +234,15 @@ class DataCache:
                     stale.append(f"{f[kind]} ({'missing' if now is None else 'changed since it was cached'})")
         if stale:
             raise CacheError(f"data cache {directory} is stale: {len(stale)} source files differ from the ones it was "
-                             f"built from (size or modification time), e.g.:\n{format_paths(stale)}\nrebuild it "
-                             f"with (only those entries are redone): {rebuild}")
+                             f"built from (size or modification time): {_some(stale)}; rebuild it with (only those "
+                             f"entries are redone): {rebuild}")
         cache = cls(directory, image_format, (w, h), expected["labels"], rebuild)
         wanted = [cache.image_path(f["name"]) for f in files]
         wanted += [cache.label_path(f["name"]) for f in files] if expected["labels"] else []
         missing = find_missing(wanted)
         if missing:
-            raise CacheError(f"{len(missing)} files of the data cache {directory} are missing, e.g.:\n"
-                             f"{format_paths(missing)}\nrebuild it with (only those entries are redone): {rebuild}")
+            raise CacheError(f"{len(missing)} files of the data cache {directory} are missing: {_some(missing)}; "
+                             f"rebuild it with (only those entries are redone): {rebuild}")
         return cache
 
     def image_path(self, name: str) -> Path:

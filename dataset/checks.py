@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -203,8 +204,9 @@ def check_label_modes_sample(paths: Sequence[str | Path], hint: str = GTA5_LABEL
 
 def dataset_error_message(exc: Exception) -> str:
     """The one-line message of a :class:`DatasetError`, also when a DataLoader worker re-raised it ("Caught
-    DatasetError in DataLoader worker process 0. Original Traceback ...": only its last line is the message)."""
+    DatasetError in DataLoader worker process 0. Original Traceback ...": only its last line is the message, after
+    the exception's name, e.g. ``dataset.cache.CacheError: ``)."""
     text = str(exc).strip()
     if "Original Traceback" in text:
-        text = text.splitlines()[-1].split("DatasetError: ", 1)[-1]
+        text = re.sub(r"^[\w.]*Error: ", "", text.splitlines()[-1])
     return text

@@ -2,18 +2,19 @@
 
 The original read every image with ``Image.open(path).convert('RGB')``. For the images of every dataset here (8-bit
 RGB PNGs), :func:`read_rgb` decodes with libspng (package ``pyspng``) when it is installed: PNG is lossless, so
-every correct decoder returns the same pixels, and libspng's SIMD unfiltering is faster than Pillow's on real-world
-filter choices (``bench/bench_loader.py``, one thread, a generated 2048x1024 frame: 42 ms against Pillow's 56;
-a 1914x1052 GTA5-sized frame: 30 against 33; libpng through torchvision or OpenCV: 51 and 34, no gain). Everything
-else (palette, grey, 16-bit or alpha PNGs, JPEGs), and any file libspng or the checks below refuse, goes through
-Pillow exactly as before (:func:`dataset.checks.open_rgb`), which also words the error for a broken file. Both
-paths give a PIL ``'RGB'`` image, which the loaders then resize with Pillow's bicubic filter (its output is the
+every correct decoder returns the same pixels, and libspng's unfiltering is faster than Pillow's where the encoder
+chose the Paeth filter (``bench/bench_loader.py``, one thread, with the CRC check below: a generated 2048x1024 frame, 35 ms
+against Pillow's 54; a 1914x1052 GTA5-sized frame, 31 against 32; libpng through torchvision or OpenCV: 50 and 33).
+Everything else (palette, grey, 16-bit or alpha PNGs, JPEGs), and any file libspng or the checks below refuse, goes
+through Pillow exactly as before (:func:`dataset.checks.open_rgb`), which also words the error for a broken file.
+Both paths give a PIL ``'RGB'`` image, which the loaders then resize with Pillow's bicubic filter (its output is the
 contract, so the resize itself is not replaced).
 
-Integrity: libspng, as pyspng runs it, does not reject a corrupted image stream (a flipped byte decodes to other
-pixels without an error, where Pillow's zlib reports it), so every chunk's CRC-32 is verified first (about 1 ms
-for a full-size frame); a file that fails is handed to Pillow. Bit-identity is checked once per process on an
-embedded image (:func:`png_decoder`) and by ``tests/test_uint8_items.py`` on generated frames.
+Integrity: pyspng tells libspng to ignore the chunk CRCs (``SPNG_CRC_USE``), so a corrupted image stream can decode
+to other pixels without an error (a flipped byte did, where Pillow reports it); every chunk's CRC-32 is therefore
+verified here first (about 1 ms for a full-size frame), and a file that fails is handed to Pillow. Bit-identity is
+checked once per process on an embedded image (:func:`png_decoder`) and by ``tests/test_decode.py`` and
+``tests/test_uint8_items.py`` on generated frames.
 """
 from __future__ import annotations
 
