@@ -48,9 +48,9 @@ from PIL import Image
 from dataset.checks import DatasetError, open_rgb
 from dataset.cityscapes_dataset import cityscapes_image_path, cityscapesDataSet, gtfine_name
 from dataset.crosscity_dataset import CITIES, CrossCityDataSet, crosscity_gt_name, crosscity_image_dir
-from dataset.transforms import preprocess
 from dataset.labels import IMG_MEAN, colorize_mask, colorize_rgb, load_info
 from dataset.settings import SOURCES, TARGETS, resolve_setting
+from dataset.transforms import to_network_input
 from model import build_model, model_outputs
 from model.resnet import RESNET101_LAYERS
 from utils.metrics import (
@@ -180,6 +180,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                              f"(default {WATCH_TIMEOUT:g})")
     beyond.add_argument("--watch-interval", type=float, default=WATCH_INTERVAL,
                         help=f"with --watch: seconds between looks at the directory (default {WATCH_INTERVAL:g})")
+    beyond.add_argument("--data-cache", type=str, default=None, metavar="DIR",
+                        help="read the images already resized from this cache (tools/prepare_cache.py --target ... "
+                             "--set val --skip-source, docs/data.md); the same predictions")
     return parser
 
 
@@ -391,14 +394,16 @@ def prepare(args: argparse.Namespace) -> EvalSetup:
     if args.json:
         check_writable_dir(Path(args.json).resolve().parent, "--json")
 
+    # uint8 items, converted to the network's float32 input on the device (bitwise the original's); --data-cache
+    items = dict(uint8=True, data_cache=getattr(args, "data_cache", None))
     if crosscity:  # the labelled Test split by default; every image of it unless a list is given
         cc_set = TARGETS["crosscity"].eval_set if args.set in ("val", "test") else args.set
         data_list = None if args.data_list == DATA_LIST_PATH else args.data_list
         dataset = CrossCityDataSet(args.data_dir, city, data_list, crop_size=tuple(args.input_size), mean=IMG_MEAN,
-                                   scale=False, mirror=False, ignore_label=args.ignore_label, set=cc_set)
+                                   scale=False, mirror=False, ignore_label=args.ignore_label, set=cc_set, **items)
     else:
         dataset = cityscapesDataSet(args.data_dir, args.data_list, crop_size=tuple(args.input_size), mean=IMG_MEAN,
-                                    scale=False, mirror=False, ignore_label=args.ignore_label, set=args.set)
+                                    scale=False, mirror=False, ignore_label=args.ignore_label, set=args.set, **items)
     names = [f["name"] for f in dataset.files]
     outputs = Outputs(save_dir=save_dir, overlay=args.save_overlay, data_dir=args.data_dir, set=args.set,
                       num_classes=args.num_classes)
@@ -458,7 +463,7 @@ def predict_all(model: torch.nn.Module, loader: torch.utils.data.DataLoader, out
             with torch.inference_mode():
                 for batch in loader:
                     image, _, batch_names = batch
-                    labels = predict_labels(model, image.to(device, non_blocking=True), output_hw,
+                    labels = predict_labels(model, to_network_input(image, device, mean=IMG_MEAN), output_hw,
                                             flip=args.flip, scales=args.scales, amp=args.amp)
                     labels = labels.cpu().numpy()
                     for label, name in zip(labels, batch_names):
@@ -522,42 +527,30 @@ STAGING = ".label-maps.tmp"
 
 
 class ResizedImages(torch.utils.data.Dataset):
-    """The evaluation images decoded and resized once, for every snapshot of a run.
-
-    Items are the wrapped dataset's ``(image [3, H, W] float32 BGR minus the mean, size, name)``. For the images in
-    the cache they are made from the uint8 RGB array of PIL's bicubic resize with the dataset's own conversion
-    (:func:`dataset.transforms.preprocess`), so they are bitwise what the dataset returns; the other images are
-    read by the dataset itself. :meth:`fill` decodes the first images that fit ``budget_bytes`` (W*H*3 each).
-    """
+    """The evaluation images decoded and resized once, for every snapshot of a run: the wrapped dataset's items
+    (uint8 ``[H, W, 3]`` RGB, ``size``, ``name``), the first that fit ``budget_bytes`` (W*H*3 each) kept in memory
+    by :meth:`fill`, the others read by the dataset again for every snapshot."""
 
     def __init__(self, dataset: torch.utils.data.Dataset, budget_bytes: int) -> None:
         self.dataset = dataset
         width, height = dataset.crop_size
         self.capacity = min(len(dataset), max(0, int(budget_bytes)) // (width * height * 3))
-        self.cache: dict[int, np.ndarray] = {}
+        self.cache: dict[int, tuple] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _decode(self, index: int) -> np.ndarray:
-        image = open_rgb(self.dataset.files[index]["img"])
-        return np.asarray(image.resize(self.dataset.crop_size, Image.Resampling.BICUBIC))
-
     def fill(self, threads: int) -> None:
-        """Decode and keep the first :attr:`capacity` images (``threads`` decoding at once; Pillow releases the GIL)."""
+        """Read and keep the first :attr:`capacity` items (``threads`` at once; decoding releases the GIL)."""
         start = time.perf_counter()
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            self.cache = dict(enumerate(pool.map(self._decode, range(self.capacity))))
+            self.cache = dict(enumerate(pool.map(self.dataset.__getitem__, range(self.capacity))))
         logger.info("%d images decoded and resized in %.1f s, kept in memory (%.0f MiB); %d read again for every "
                     "snapshot (--image-cache-mb)", len(self.cache), time.perf_counter() - start,
-                    sum(a.nbytes for a in self.cache.values()) / 2**20, len(self) - len(self.cache))
+                    sum(item[0].nbytes for item in self.cache.values()) / 2**20, len(self) - len(self.cache))
 
     def __getitem__(self, index: int):
-        rgb = self.cache.get(index)
-        if rgb is None:
-            return self.dataset[index]
-        image, _, size = preprocess(Image.fromarray(rgb), None, None, False, False, self.dataset.mean, None, 255)
-        return image, size, self.dataset.files[index]["name"]
+        return self.cache[index] if index in self.cache else self.dataset[index]
 
 
 @dataclass(frozen=True)

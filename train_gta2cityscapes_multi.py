@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from dataset.checks import DatasetError, dataset_error_message
 from dataset.labels import CLASS_NAMES, IMG_MEAN, colorize_rgb
 from dataset.settings import CITIES, SOURCES, TARGETS, eval_classes, resolve_setting, training_sets, validation_set
+from dataset.transforms import display_rgb, to_network_input
 from utils.checkpoint import (RESUME_NAME, RunFiles, SnapshotDirBusy, SnapshotDirLock, StopRequest,
                               find_resume_file, load_training_state, remove_stale_temporaries, restore_training_state,
                               snapshot_space_warning)
@@ -184,6 +185,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     speed.add_argument("--deterministic", action="store_true",
                        help="deterministic cuDNN algorithms and torch.use_deterministic_algorithms(warn_only=True), "
                             "no cuDNN autotuning (off: cudnn.benchmark, as the original)")
+    speed.add_argument("--data-cache", metavar="DIR",
+                       help="read the frames already resized from this cache (tools/prepare_cache.py, docs/data.md): "
+                            "the same batches, a fraction of the loaders' CPU time; not with --random-scale")
     return parser
 
 
@@ -229,6 +233,9 @@ def validate_args(args: argparse.Namespace) -> None:
         raise UsageError("--model DeeplabVGG: the default --restore-from is the ResNet-101 initialisation and does "
                          "not fit VGG-16; pass --restore-from with a torchvision-layout VGG-16 state_dict (features "
                          "are copied), 'torchvision' (its ImageNet VGG-16), a DeeplabVGG checkpoint, or 'none'")
+    if args.data_cache and args.random_scale:
+        raise UsageError(f"--random-scale rescales the full-resolution frames, which --data-cache {args.data_cache} "
+                         "does not hold (its frames are resized to the input size): drop one of the two")
     for flag in ("input_size", "input_size_target"):
         w, h = getattr(args, flag)
         if min(w, h) < MIN_INPUT_SIDE:
@@ -241,15 +248,18 @@ def validate_args(args: argparse.Namespace) -> None:
 
 def build_datasets(args: argparse.Namespace):
     """The source and target training sets (``dataset/settings.py``; no target with ``--source-only``), each
-    repeated to cover every sample of the run on all ranks, and the validation set of ``--eval-every`` (or None)."""
+    repeated to cover every sample of the run on all ranks, and the validation set of ``--eval-every`` (or None).
+    Their items are uint8: the float conversion happens on the device (:func:`network_outputs`), bitwise the
+    original's input; ``--data-cache`` reads the frames already resized."""
     source_set, target_set = training_sets(
         args.source, None if args.source_only else args.target, data_dir=args.data_dir, data_list=args.data_list,
         input_size=args.input_size, data_dir_target=args.data_dir_target, data_list_target=args.data_list_target,
         input_size_target=args.input_size_target, city=args.city, set=args.set, mirror=args.random_mirror,
         scale=args.random_scale, ignore_label=args.ignore_label, mean=IMG_MEAN, seed=args.random_seed,
-        max_iters=args.num_steps * args.iter_size * args.batch_size * get_world_size())
+        max_iters=args.num_steps * args.iter_size * args.batch_size * get_world_size(), uint8=True,
+        data_cache=args.data_cache)
     val_set = validation_set(args.target, args.eval_data_dir or args.data_dir_target, args.eval_list,
-                             args.input_size_target, args.city) if args.eval_every else None
+                             args.input_size_target, args.city, uint8=True) if args.eval_every else None
     return source_set, target_set, val_set
 
 
@@ -280,13 +290,16 @@ def set_requires_grad(nets, flag: bool) -> None:
 
 
 def network_outputs(t: Trainer, images: torch.Tensor, size_wh: tuple[int, int]) -> list[torch.Tensor]:
-    """The network's outputs for ``images`` [N, 3, H, W]: ``[aux, main]`` (``[main]`` without the auxiliary path),
-    each float32 logits [N, C, H', W'] upsampled to ``size_wh`` with the original's
-    ``nn.Upsample(mode='bilinear', align_corners=True)``. Under ``--amp`` only the 1/8-resolution logits are rounded:
-    they are upcast before upsampling, so the losses and the softmax fed to the discriminators are float32."""
+    """The network's outputs for a loader batch ``images`` (uint8 [N, H, W, 3] RGB, converted on the device to the
+    float32 [N, 3, H, W] BGR-minus-mean input by :func:`~dataset.transforms.to_network_input`; or that float32
+    input): ``[aux, main]`` (``[main]`` without the auxiliary path), each float32 logits [N, C, H', W'] upsampled to
+    ``size_wh`` with the original's ``nn.Upsample(mode='bilinear', align_corners=True)``. Under ``--amp`` only the
+    1/8-resolution logits are rounded: they are upcast before upsampling, so the losses and the softmax fed to the
+    discriminators are float32."""
     t.features.clear()
+    x = to_network_input(images, t.device, t.memory_format)  # a quarter of the bytes crossed as uint8
     with torch.autocast(t.device.type, dtype=t.amp_dtype, enabled=t.amp_dtype is not None):
-        out = t.model(images.to(t.device, non_blocking=True, memory_format=t.memory_format))
+        out = t.model(x)
     outs = list(out) if isinstance(out, (tuple, list)) else [out]
     outs = outs if t.use_aux else outs[-1:]
     return [F.interpolate(o.float(), size=(size_wh[1], size_wh[0]), mode="bilinear", align_corners=True)
@@ -399,7 +412,8 @@ def validate(t: Trainer, val_set, classes: int) -> float:
     try:
         with torch.no_grad():
             for image, label, _, _ in loader:
-                pred = predict_labels(model, image.to(t.device, memory_format=t.memory_format), label.shape[-2:])
+                x = to_network_input(image, t.device, t.memory_format)
+                pred = predict_labels(model, x, label.shape[-2:])
                 hist += fast_hist(label.numpy(), pred.cpu().numpy(), n)
     finally:
         model.train()
@@ -426,12 +440,10 @@ def write_args_json(args: argparse.Namespace, snapshot_dir: Path) -> Path:
 
 def log_images(writer, visuals: dict, count: int, step: int) -> None:
     """Up to ``count`` source images (input, label, prediction) and target images (input, prediction)."""
-    def rgb(image: torch.Tensor) -> np.ndarray:  # [3, H, W] BGR minus the mean -> [H, W, 3] uint8 RGB
-        return np.clip((image.float().numpy().transpose(1, 2, 0) + IMG_MEAN)[:, :, ::-1], 0, 255).astype(np.uint8)
-
     for domain in ("source", "target"):
         for k in range(min(count, len(visuals.get(f"{domain}_image", ())))):
-            shown = {"image": rgb(visuals[f"{domain}_image"][k]),
+            # uint8 [H, W, 3] RGB as loaded, or float32 [3, H, W] BGR minus the mean (--random-scale)
+            shown = {"image": display_rgb(visuals[f"{domain}_image"][k], IMG_MEAN),
                      "prediction": colorize_rgb(visuals[f"{domain}_pred"][k].numpy())}
             if domain == "source":
                 label = visuals["source_label"][k].numpy().astype(np.int64)

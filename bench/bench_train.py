@@ -48,6 +48,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,6 +58,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import train_gta2cityscapes_multi as train  # noqa: E402
 from original_port import SGD04, OriginalIteration  # noqa: E402  (tests/original_port.py)
+from dataset.transforms import to_network_input  # noqa: E402
 from tools.make_synthetic_data import make_synthetic_datasets  # noqa: E402
 from utils.cli import parse_size  # noqa: E402
 from utils.device import configure_backends, seed_everything  # noqa: E402
@@ -253,13 +255,32 @@ def train_argv(args: argparse.Namespace, data, extra: list[str]) -> list[str]:
 # ---- the original loop, ported (tests/original_port.py) ----------------------------------------------------------
 
 
+class Float32Items(torch.utils.data.Dataset):
+    """The original's items (float32 image [3, H, W] BGR minus the mean, float32 label) from the training script's
+    uint8 ones, converted in the loader (its workers), where the original converted them."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple:
+        item = list(self.dataset[index])
+        if item[0].dtype == np.uint8:
+            item[0] = to_network_input(torch.from_numpy(item[0])[None], "cpu")[0].numpy()
+        if len(item) == 4:  # a source item: its label as the original's float32
+            item[1] = item[1].astype(np.float32)
+        return tuple(item)
+
+
 class OriginalPort:
     """The original iteration (:class:`original_port.OriginalIteration`: PyTorch 0.4's SGD and Adam, the original's
     ``CrossEntropy2d``, ``nn.Upsample``, ``.item()`` on every loss) on the same model class, data and sizes, with the
-    original's ``DataLoader(shuffle=True, pin_memory=True)``."""
+    original's ``DataLoader(shuffle=True, pin_memory=True)`` and float32 items (:class:`Float32Items`)."""
 
     def __init__(self, targs: argparse.Namespace, device: torch.device) -> None:
-        source_set, target_set, _ = train.build_datasets(targs)
+        source_set, target_set = (Float32Items(ds) for ds in train.build_datasets(targs)[:2])
         seed_everything(targs.random_seed)
         self.port = OriginalIteration(*build_networks(targs, device), targs)
         pin = device.type == "cuda"

@@ -66,6 +66,8 @@ class cityscapesDataSet(BaseDataSet):
         seed: int = 0,
         check_files: bool = True,
         return_label: bool = False,
+        uint8: bool = False,
+        data_cache: str | Path | None = None,
     ) -> None:
         self.set = set
         self.return_label = bool(return_label)
@@ -75,7 +77,10 @@ class cityscapesDataSet(BaseDataSet):
         self.label_files = f"Cityscapes labels (gtFine/{set}/*{LABEL_SUFFIX})"
         # Path(): the list is required here (a TypeError for None, as before), there is no directory listing
         super().__init__(root, Path(list_path), max_iters, crop_size, mean, scale, mirror, ignore_label, seed,
-                         check_files)
+                         check_files, uint8, data_cache)
+
+    def cache_slug(self) -> str:
+        return f"cityscapes-{self.set}"
 
     def read_names(self) -> list[str]:
         """The list's names; with ``return_label``, all of them must be ``*_leftImg8bit.png`` (one error lists
@@ -130,7 +135,13 @@ class CityscapesSourceDataSet(BaseDataSet):
         set: str = "train",
         seed: int = 0,
         check_files: bool = True,
+        uint8: bool = False,
+        data_cache: str | Path | None = None,
     ) -> None:
         self.set = set
         self.root_holds = f"leftImg8bit/{set}/ and gtFine/{set}/"
-        super().__init__(root, list_path, max_iters, crop_size, mean, scale, mirror, ignore_label, seed, check_files)
+        super().__init__(root, list_path, max_iters, crop_size, mean, scale, mirror, ignore_label, seed, check_files,
+                         uint8, data_cache)
+
+    def cache_slug(self) -> str:
+        return f"cityscapes-source-{self.set}"

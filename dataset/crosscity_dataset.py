@@ -94,6 +94,8 @@ class CrossCityDataSet(BaseDataSet):
         seed: int = 0,
         check_files: bool = True,
         return_label: bool = False,
+        uint8: bool = False,
+        data_cache: str | Path | None = None,
     ) -> None:
         self.city = check_city(city)
         self.set = check_set(set)
@@ -102,7 +104,11 @@ class CrossCityDataSet(BaseDataSet):
         self.title = f"Cross-City {city} {set}"
         self.image_files = f"Cross-City images ({city}/Images/{SETS[set]})"
         self.label_files = f"Cross-City labels ({city}/Labels/{SETS[set]}/*{LABEL_SUFFIX})"
-        super().__init__(root, list_path, max_iters, crop_size, mean, scale, mirror, ignore_label, seed, check_files)
+        super().__init__(root, list_path, max_iters, crop_size, mean, scale, mirror, ignore_label, seed, check_files,
+                         uint8, data_cache)
+
+    def cache_slug(self) -> str:
+        return f"crosscity-{self.city.lower()}-{self.set}"
 
     def image_dir(self) -> Path:
         return crosscity_image_dir(self.root, self.city, self.set)

@@ -45,10 +45,15 @@ class GTA5DataSet(BaseDataSet):
         ignore_label: int = IGNORE_LABEL,
         seed: int = 0,
         check_files: bool = True,
+        uint8: bool = False,
+        data_cache: str | Path | None = None,
     ) -> None:
         # Path(): the list is required here (a TypeError for None, as before), there is no directory listing
         super().__init__(root, Path(list_path), max_iters, crop_size, mean, scale, mirror, ignore_label, seed,
-                         check_files)
+                         check_files, uint8, data_cache)
+
+    def cache_slug(self) -> str:
+        return "gta5"
 
     def image_path(self, name: str) -> Path:
         return gta5_paths(self.root, name)[0]

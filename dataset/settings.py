@@ -119,12 +119,12 @@ def training_sets(source: str, target: str | None, *, data_dir: str, data_list: 
                   data_dir_target: str | None = None, data_list_target: str | None = None,
                   input_size_target: tuple | None = None, city: str | None = None, set: str = "train",
                   max_iters: int | None = None, mirror: bool = False, scale: bool = False, ignore_label: int = 255,
-                  mean=None, seed: int = 0):
+                  mean=None, seed: int = 0, **options):
     """The source and target training sets of a setting, built as the original built GTA5 and Cityscapes (their
     checks raise ``DatasetError``): source items ``(image, label, size, name)``, target items ``(image, size,
     name)`` (``target=None``: no target set), each list repeated to ``max_iters`` items. ``scale`` (the random
-    rescale) applies to the source only, ``mirror`` to both."""
-    common = dict(max_iters=max_iters, mirror=mirror, seed=seed, **({} if mean is None else {"mean": mean}))
+    rescale) applies to the source only, ``mirror`` to both; ``options`` (``uint8``, ``data_cache``) to both."""
+    common = dict(max_iters=max_iters, mirror=mirror, seed=seed, **({} if mean is None else {"mean": mean}), **options)
     source_set = SOURCES[source].dataset(data_dir, data_list, crop_size=input_size, scale=scale,
                                          ignore_label=ignore_label, **common)
     if target is None:
@@ -134,13 +134,15 @@ def training_sets(source: str, target: str | None, *, data_dir: str, data_list: 
                                                crop_size=input_size_target, scale=False, set=set, **common)
 
 
-def validation_set(target: str, data_dir: str, data_list: str | None, input_size: tuple, city: str | None = None):
+def validation_set(target: str, data_dir: str, data_list: str | None, input_size: tuple, city: str | None = None,
+                   **options):
     """The labelled evaluation split of ``target`` (``TargetSetting.eval_set``): items ``(image, label, size,
-    name)`` with the label in trainIds at its native resolution (predictions are upsampled to it)."""
+    name)`` with the label in trainIds at its native resolution (predictions are upsampled to it); ``options``
+    (``uint8``, ``data_cache``) go to the dataset."""
     setting = TARGETS[target]
     city_arg = (city,) if target == "crosscity" else ()
     return setting.dataset(data_dir, *city_arg, data_list, crop_size=input_size, set=setting.eval_set,
-                           return_label=True)
+                           return_label=True, **options)
 
 
 __all__ = ["SourceSetting", "TargetSetting", "SOURCES", "TARGETS", "CITIES", "eval_classes", "resolve_setting",

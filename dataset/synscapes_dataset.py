@@ -28,6 +28,9 @@ class SynscapesDataSet(BaseDataSet):
     root_holds = "img/rgb/ and img/class/"
     label_hint = SYNSCAPES_LABEL_HINT
 
+    def cache_slug(self) -> str:
+        return "synscapes"
+
     def image_dir(self) -> Path:
         return self.root / "img" / "rgb"
 

@@ -72,6 +72,9 @@ class SYNTHIADataSet(BaseDataSet):
     dataset_name = "SYNTHIA"
     root_holds = "RGB/ and GT/LABELS/"
 
+    def cache_slug(self) -> str:
+        return "synthia"
+
     def check_ready(self) -> None:
         _cv2()  # fail at construction, not in a DataLoader worker
 

@@ -1,14 +1,27 @@
 """The preprocessing every loader shares (:class:`dataset.base.BaseDataSet` calls it): crop size, list
-repetition, per-item random generator, label tables, and the one path from PIL images to an item's arrays."""
+repetition, per-item random generator, label tables, the two paths from a resized image to an item's arrays, and
+the device-side conversion of uint8 batches into the network's input.
+
+Two item formats (``BaseDataSet(uint8=...)``):
+
+* float32 (the original's, the default of the dataset classes): :func:`preprocess` builds the network input on the
+  CPU, ``[3, H, W]`` BGR minus the mean, in the loader process.
+* uint8 (what the training and evaluation scripts use): :func:`preprocess_uint8` hands out the resized image as it
+  is, ``[H, W, 3]`` RGB (a quarter of the bytes through the worker queues, pinned memory and the copy to the
+  GPU), and :func:`to_network_input` builds the same float32 tensor on the training device, after the copy, for
+  the whole batch: bitwise the tensor the float32 path builds (a conversion from 8-bit integers is exact, and
+  float32 subtraction is correctly rounded on every device; ``tests/test_uint8_items.py``).
+"""
 from __future__ import annotations
 
 import math
 from typing import Sequence
 
 import numpy as np
+import torch
 from PIL import Image
 
-from dataset.labels import IGNORE_LABEL, LABEL2TRAIN
+from dataset.labels import IGNORE_LABEL, IMG_MEAN, LABEL2TRAIN
 
 #: Range of the random rescale factor applied when ``scale=True`` (uniform).
 SCALE_RANGE = (0.5, 1.5)
@@ -135,3 +148,95 @@ def preprocess(
     size = np.array(arr.shape)
     arr = np.ascontiguousarray(arr.transpose((2, 0, 1)), dtype=np.float32)
     return arr, (np.ascontiguousarray(lab) if lab is not None else None), size
+
+
+def label_fits_uint8(ignore_label: float) -> bool:
+    """Whether a label map of trainIds (0..18) and ``ignore_label`` can be held in uint8 exactly."""
+    return float(ignore_label).is_integer() and 0 <= ignore_label <= 255
+
+
+def _writable(arr: np.ndarray) -> np.ndarray:
+    """``arr`` C-contiguous and writable (``np.asarray`` of a PIL image is read-only, and ``torch.as_tensor`` in
+    the DataLoader's collate warns about read-only arrays): a copy only when needed."""
+    return arr if arr.flags.c_contiguous and arr.flags.writeable else np.array(arr, order="C")
+
+
+def preprocess_uint8(
+    image: np.ndarray,
+    label: np.ndarray | None,
+    rng: np.random.Generator,
+    mirror: bool,
+    table: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Crop-sized uint8 image (and 8-bit label) -> ``(image, label, size)`` of a uint8 item.
+
+    ``image``: uint8 ``[H, W, 3]`` RGB, the resized image's pixels (``np.asarray`` of the PIL image, or a cache
+    entry); returned as it is, mirrored when drawn: no float conversion, channel flip, mean or transpose on the CPU
+    (:func:`to_network_input` does them on the device). ``label`` (``None`` without one): the label's 8-bit values
+    ``[H, W]``, mapped through ``table`` (uint8 where ``ignore_label`` fits, else float32). ``size``:
+    ``np.array([H, W, 3])``, as :func:`preprocess` gives it.
+
+    ``mirror``: horizontal flip of image and label with probability 0.5, the same draw from ``rng`` as
+    :func:`preprocess` makes without ``scale`` (so a uint8 item and a float32 item of the same ``(seed, index)``
+    are flipped alike). ``scale`` is not supported here: its padding holds the mean, which uint8 cannot.
+    """
+    if mirror and rng.random() < 0.5:
+        image = image[:, ::-1]
+        if label is not None:
+            label = label[:, ::-1]
+    image = _writable(image)
+    lab = table[label] if label is not None else None  # a gather: a new contiguous array
+    return image, lab, np.array(image.shape)
+
+
+_DEVICE_MEANS: dict[tuple[str, bytes], torch.Tensor] = {}
+
+
+def _device_mean(mean: Sequence[float] | np.ndarray, device: torch.device) -> torch.Tensor:
+    """``mean`` (BGR) as a float32 ``[1, 3, 1, 1]`` tensor on ``device``, copied there once per process."""
+    values = np.asarray(mean, dtype=np.float32).reshape(3)
+    key = (str(device), values.tobytes())
+    if key not in _DEVICE_MEANS:
+        _DEVICE_MEANS[key] = torch.from_numpy(values.copy()).reshape(1, 3, 1, 1).to(device)
+    return _DEVICE_MEANS[key]
+
+
+def to_network_input(
+    images: torch.Tensor,
+    device: torch.device | str,
+    memory_format: torch.memory_format = torch.preserve_format,
+    mean: Sequence[float] | np.ndarray = IMG_MEAN,
+) -> torch.Tensor:
+    """A collated image batch on ``device`` as the network's input: float32 ``[N, 3, H, W]``, BGR minus ``mean``.
+
+    * uint8 ``[N, H, W, 3]`` RGB (uint8 items): copied to the device as uint8 (``non_blocking``: asynchronous from
+      pinned memory), then converted there: channels reversed to BGR, float32, ``mean`` (BGR order) subtracted.
+      Every step is exact but the subtraction, which is one correctly rounded float32 operation per element, as
+      the float32 path's NumPy subtraction: the result is bitwise the float32 item's.
+    * float32 ``[N, 3, H, W]`` (float32 items: ``scale`` augmentation, or ``uint8=False``): only moved, as before.
+
+    ``memory_format``: ``torch.channels_last`` (``--channels-last``) or ``torch.preserve_format``, which gives a
+    contiguous (NCHW) tensor for uint8 input, the layout the float32 batches have.
+    """
+    if images.dtype != torch.uint8:
+        return images.to(device, non_blocking=True, memory_format=memory_format)
+    if images.dim() != 4 or images.shape[-1] != 3:
+        raise ValueError(f"to_network_input: a uint8 batch must be [N, H, W, 3] (RGB), got {tuple(images.shape)}")
+    device = torch.device(device)
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).flip(1)  # [N, 3, H, W] BGR, still uint8
+    x = x.float().sub_(_device_mean(mean, device))
+    layout = torch.contiguous_format if memory_format == torch.preserve_format else memory_format
+    return x.contiguous(memory_format=layout)
+
+
+def display_rgb(image: torch.Tensor | np.ndarray, mean: Sequence[float] | np.ndarray = IMG_MEAN) -> np.ndarray:
+    """One image of a batch as the loaders handed it out -> uint8 ``[H, W, 3]`` RGB for display (TensorBoard).
+
+    uint8 ``[H, W, 3]`` (uint8 items) is already that; float32 ``[3, H, W]`` BGR minus ``mean`` (float32 items, or a
+    network input) gets the mean back, RGB order, clipped to 0..255.
+    """
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    mean = np.asarray(mean, dtype=np.float32).reshape(3)
+    return np.clip((arr.astype(np.float32).transpose(1, 2, 0) + mean)[:, :, ::-1], 0, 255).astype(np.uint8)

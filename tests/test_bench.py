@@ -96,3 +96,29 @@ def test_bench_evaluate_run_tiny(tmp_path):
     assert one["mious_identical"] is True and set(result["mious"]) == {"GTA5_1000.pth", "GTA5_2000.pth"}
     assert separate["seconds"] > 0 and math.isclose(one["speedup_vs_separate"], separate["seconds"] / one["seconds"])
     assert result["date"] and result["command"] and result["one_call_decode_seconds"] >= 0
+
+
+def test_bench_loader_tiny(tmp_path):
+    out = tmp_path / "loader.json"
+    proc = _run("bench_loader.py", "--num-images", "1", "--rounds", "1", "--source-size", "64,36", "--target-size",
+                "64,32", "--input-size", "48,24", "--input-size-target", "32,16", "--workers", "1", "--loader-pairs",
+                "2", "--worker-pairs", "2", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    variants = [r["variant"] for r in result["rows"]]
+    assert variants == ["original port", "ours, float32 items", "ours, uint8 items", "ours, uint8 + cache (npy)",
+                        "ours, uint8 + cache (png)"]
+    for r in result["rows"]:
+        assert f"| {r['variant']} |" in proc.stdout
+        assert r["item_cpu_ms_per_pair"] > 0 and r["worker_cpu_ms_per_pair"] is not None
+        assert math.isclose(r["item_speedup_vs_port"],
+                            result["rows"][0]["item_cpu_ms_per_pair"] / r["item_cpu_ms_per_pair"])
+    assert set(result["rows"][2]["breakdown_ms"]) == {"decode", "resize", "conversion"}
+    assert [r["target"] for r in result["rows"] if "target" in r] == [1.3, 3.0]
+    assert all(set(r["worker_cpu_ms_per_item"]) == {"source", "target"} for r in result["rows"])
+    assert "workers per domain for a 30 ms GPU step" in proc.stdout
+    assert {(r["variant"], r["workers_per_domain"]) for r in result["loader"]} == {
+        ("original port", 1), ("ours, uint8 items", 1), ("ours, uint8 + cache (npy)", 1)}
+    assert all(r["bit_identical"] for r in result["decoders"]) and len(result["decoders"]) == 5
+    assert [r["bytes"] > 0 for r in result["formats"]] == [True] * 5
+    assert result["load_average"] and result["date"]

@@ -141,14 +141,14 @@ def test_label_maps_of_the_best_snapshot_only_by_default(run, tmp_path, caplog):
 def test_cached_images_are_bitwise_the_datasets(run):
     paths, _, _, _ = run
     dataset = cityscapesDataSet(paths.cityscapes_root, paths.cityscapes_val_list, crop_size=INPUT_WH,
-                                mean=IMG_MEAN, set="val")
+                                mean=IMG_MEAN, set="val", uint8=True)
     images = ev.ResizedImages(dataset, budget_bytes=2 * INPUT_WH[0] * INPUT_WH[1] * 3 + 5)
     assert images.capacity == 2
     images.fill(threads=2)
-    assert sorted(images.cache) == [0, 1] and images.cache[0].dtype == np.uint8
+    assert sorted(images.cache) == [0, 1] and images.cache[0][0].dtype == np.uint8
     for i in range(NUM_VAL):  # two from the cache, two read by the dataset
         (a, size_a, name_a), (b, size_b, name_b) = images[i], dataset[i]
-        assert a.dtype == np.float32 and a.flags.c_contiguous and a.shape == (3, INPUT_WH[1], INPUT_WH[0])
+        assert a.dtype == np.uint8 and a.shape == (INPUT_WH[1], INPUT_WH[0], 3)
         assert np.array_equal(a, b) and np.array_equal(size_a, size_b) and name_a == name_b
 
 

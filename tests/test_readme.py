@@ -36,7 +36,7 @@ ORIGINAL_COMMANDS = [
 
 #: Scripts whose flags the documentation may mention.
 SCRIPTS = ["train_gta2cityscapes_multi.py", "evaluate_cityscapes.py", "compute_iou.py", "tools/check_data.py",
-           "tools/make_synthetic_data.py", "tools/visualize.py", "tools/demo.py"]
+           "tools/make_synthetic_data.py", "tools/visualize.py", "tools/demo.py", "tools/prepare_cache.py"]
 
 #: Flags of other programs that the documentation mentions (pip, pytest, TensorBoard). A flag of our scripts never
 #: belongs here: add it to the script, or remove it from the documentation.

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import train_gta2cityscapes_multi as train
+from dataset.transforms import to_network_input
 from model import DeeplabMulti, FCDiscriminator, build_model
 from tiny_training import make_tiny_data, one_thread  # noqa: F401 (one_thread: a fixture)
 from tiny_training import train_argv as _argv
@@ -300,8 +301,8 @@ def test_non_finite_loss_stops_and_keeps_last_snapshot(data, tmp_path, capsys, m
     batches = train.source_batches
 
     def corrupt_fourth(loader):  # the 4th source batch (iteration 3) holds NaN pixels
-        for k, (images, labels) in enumerate(batches(loader)):
-            yield (images * float("nan") if k == 3 else images), labels
+        for k, (images, labels) in enumerate(batches(loader)):  # uint8 batches: NaN needs the float32 input
+            yield (to_network_input(images, "cpu") * float("nan") if k == 3 else images), labels
 
     monkeypatch.setattr(train, "source_batches", corrupt_fourth)
     rc = _run(data, tmp_path, "--num-steps-stop", "6")
