@@ -109,14 +109,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
              "would only take cores from the network)")
     add("--gt-dir", help="gtFine folder of --set (e.g. ./data/Cityscapes/data/gtFine/val): also print "
                          "compute_iou.py's per-class IoU table, computed in the same pass")
-    add("--json", metavar="OUT.json", help="with --gt-dir: write per-class IoU, mIoU, number of images, confusion "
-                                           "matrix")
-    add("--flip", action="store_true", help="test-time augmentation: also predict the mirrored image (softmax "
-                                            "averaged)")
+    add("--json", metavar="OUT.json", help="with --gt-dir: also write the IoUs, images and confusion matrix")
+    add("--flip", action="store_true", help="test-time augmentation: also predict the mirrored image")
     add("--scales", type=parse_scales, default=(1.0,),
         help="test-time augmentation: input scales, e.g. 1.0,0.75,0.5 (softmax averaged; 1.0 alone is off)")
-    add("--amp", action="store_true", help="mixed precision forward pass (float16 on CUDA, bfloat16 on the CPU); may "
-                                           "change a few pixels")
+    add("--amp", action="store_true", help="mixed precision (float16 on CUDA, bfloat16 on the CPU): some pixels differ")
     add("--save-overlay", action="store_true",
         help="also save SAVE/<stem>_overlay.png: the image blended with the colour prediction")
     add("--input-size", type=parse_size, default=parse_size(INPUT_SIZE), metavar="W,H",
@@ -153,14 +150,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 # The flags
 
 
-def _model_name(value: object) -> str:
-    if value not in MODEL_NAMES:
-        raise ValueError(f"not one of {', '.join(MODEL_NAMES)}")
-    return str(value)
-
-
-#: How a model flag's value in args.json is checked and converted (as its command-line type would).
-RUN_VALUE = {"model": _model_name, "num_classes": int,
+#: How a model flag's value in args.json is checked and converted (as on the command line; ValueError if unusable).
+RUN_VALUE = {"model": lambda value: MODEL_NAMES[MODEL_NAMES.index(value)], "num_classes": int,
              "resnet_layers": lambda value: parse_layers(",".join(map(str, value)))}
 
 
@@ -183,9 +174,8 @@ def fill_model_flags(args: argparse.Namespace) -> None:
                 value = RUN_VALUE[dest](run[dest])
                 shown = ",".join(map(str, value)) if dest == "resnet_layers" else value
                 taken.append(f"--{dest.replace('_', '-')} {shown}")
-            except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
-                logger.warning("%s: %s %r is not usable (%s): using the default", where / "args.json", dest,
-                               run[dest], exc)
+            except (ValueError, TypeError, argparse.ArgumentTypeError):
+                logger.warning("%s: %s %r is not usable: using the default", where / "args.json", dest, run[dest])
         setattr(args, dest, default if value is None else value)
     if taken:
         logger.info("from the training run's %s: %s", where / "args.json", ", ".join(taken))
@@ -306,8 +296,10 @@ def predict_labels(
     return (probs / len(views)).max(dim=1).indices.to(torch.uint8)
 
 
-def _save_png(img: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+def _save_png(img: Image.Image, path: Path, kind: str = "label") -> None:
+    """Write a PNG atomically (a full disk: :class:`utils.files.WriteError`, its size estimated for the message)."""
+    needed = int(img.width * img.height * PNG_BYTES_PER_PIXEL[kind]) + 1
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), needed=needed)
 
 
 @dataclass
@@ -343,7 +335,7 @@ class Outputs:
             if image.size != (label.shape[1], label.shape[0]):
                 image = image.resize((label.shape[1], label.shape[0]), Image.Resampling.BILINEAR)
             blend = Image.blend(image, Image.fromarray(colorize_rgb(label)), 0.5)
-            _save_png(blend, self.save_dir / f"{stem}_overlay.png")
+            _save_png(blend, self.save_dir / f"{stem}_overlay.png", "overlay")
         if self.gt_dir is None:
             return None
         gt_path = self.gt_path(name)

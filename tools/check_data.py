@@ -735,7 +735,8 @@ def write_clean_lists(report: Report, out_dir: str | Path) -> list[Path]:
             continue
         keep = [n for n in s.names if n not in s.bad_names]
         path = Path(out_dir) / clean_list_name(s.title)
-        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{n}\n" for n in keep)))
+        text = "".join(f"{n}\n" for n in keep)
+        atomic_write(path, lambda tmp: tmp.write_text(text), needed=len(text))
         written.append(path)
     return written
 

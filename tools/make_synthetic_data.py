@@ -196,7 +196,7 @@ def paint(rng: np.random.Generator, layout: np.ndarray, domain: str) -> np.ndarr
 
 
 def _save(img: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), needed=img.width * img.height * len(img.getbands()))
 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
@@ -477,7 +477,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--random-seed", "--seed", dest="seed", type=int, default=0,
                         help="seed of everything generated")
     parser.add_argument("--other-settings", action="store_true",
-                        help="also write SYNTHIA, Synscapes and a Cross-City city (--city), and Cityscapes gtFine/train "
+                        help="also write SYNTHIA, Synscapes, a Cross-City city (--city) and Cityscapes gtFine/train "
                              "labels (Cityscapes as a source), for --source/--target of the training script")
     parser.add_argument("--city", default="Rome", choices=CITIES, help="the Cross-City city of --other-settings")
     return parser

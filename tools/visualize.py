@@ -79,7 +79,7 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Write ``image`` as PNG atomically (temporary file, then rename); creates the parent folder."""
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), needed=image.width * image.height * 3)
 
 
 # ---- the sheet ----------------------------------------------------------------------------------------------------
@@ -493,7 +493,7 @@ def make_curve(curves: Sequence[Curve], title: str = "mIoU (%) over training", w
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog=PROG, description="Result pictures: prediction sheet, per-class IoU chart, mIoU curve.")
+    parser = ArgumentParser(prog=PROG, description="Result pictures: prediction sheet, IoU chart, mIoU curve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{sheet,chart,curve}")
 
     s = sub.add_parser("sheet", help="image | prediction | ground truth for a few images, into one PNG")
