@@ -72,7 +72,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                         help="folder holding info.json (classes, names, label2train), val.txt (the images) and "
                              "label.txt (their ground-truth files)")
     beyond = parser.add_argument_group("beyond the original")
-    beyond.add_argument("--num-workers", "--workers", dest="workers", type=int, default=None,
+    beyond.add_argument("--num-workers", "--workers", dest="workers", type=int, default=None, metavar="N",
                         help="processes (or threads) decoding PNGs in parallel (default: all usable cores)")
     beyond.add_argument("--executor", choices=EXECUTORS, default="process",
                         help="run the --num-workers as processes or threads")
@@ -84,7 +84,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     beyond.add_argument("--classes", type=int, default=19, choices=CLASS_SUBSETS,
                         help="report this class subset: 19 (all), 16 (SYNTHIA: without terrain, truck, train) or 13 "
                              "(16 without wall, fence, pole: SYNTHIA as in the paper, Cross-City); the IoUs are "
-                             "those of the full confusion matrix, the mIoU is over the subset")
+                             "those of the full confusion matrix (unless --ignore-other-classes), the mIoU is over "
+                             "the subset")
     beyond.add_argument("--ignore-other-classes", action="store_true",
                         help="with --classes 16 or 13: ignore the ground-truth pixels of the classes outside the "
                              "subset instead of counting them (the protocol of MaxSquareLoss's and ETM's code; "
@@ -294,7 +295,8 @@ def evaluate_dirs(
                            "to do the same):\n" + format_paths(lines, MAX_LISTED))
     skip = set(mismatched)
     todo = [i for i in range(len(gt_imgs)) if i not in skip]
-    tasks = [(gt_imgs[i], pred_imgs[i], n, devkit.lut, devkit.label2train) for i in todo]
+    lut = devkit.lut
+    tasks = [(gt_imgs[i], pred_imgs[i], n, lut, devkit.label2train) for i in todo]
     # The decode + count: processes (np.bincount holds the GIL) or threads; in the list's order.
     pool: Any = None
     results: dict[int, np.ndarray] = {}

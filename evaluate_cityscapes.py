@@ -71,7 +71,7 @@ MODEL_FLAGS = {"model": MODEL, "resnet_layers": RESNET101_LAYERS, "num_classes":
 IMAGE_CACHE_MB = 1024.0
 WATCH_TIMEOUT = 3600.0
 WATCH_INTERVAL = 30.0
-#: Rough upper estimates of the PNG bytes per output pixel, for the free-space warning: a label map (trainIds or
+#: Rough estimates of the PNG bytes per output pixel, for the free-space warning: a label map (trainIds or
 #: colours; large flat regions, compressed 20x or more) and an overlay (a photo).
 PNG_BYTES_PER_PIXEL = {"label": 0.05, "overlay": 2.0}
 
@@ -416,7 +416,7 @@ def prepare(args: argparse.Namespace) -> tuple[torch.utils.data.Dataset, Outputs
 
 
 def warn_if_short_of_space(save_dir: Path, num_images: int, args: argparse.Namespace, sets: int = 1) -> None:
-    """Log a warning when the disk of ``save_dir`` cannot hold ``sets`` x ``num_images`` images' PNGs (a rough upper
+    """Log a warning when the disk of ``save_dir`` cannot hold ``sets`` x ``num_images`` images' PNGs (a rough
     estimate from --output-size, :data:`PNG_BYTES_PER_PIXEL`). A warning, not an error: disks get freed."""
     per_pixel = 2 * PNG_BYTES_PER_PIXEL["label"] + (PNG_BYTES_PER_PIXEL["overlay"] if args.save_overlay else 0)
     needed = int(sets * num_images * args.output_size[0] * args.output_size[1] * per_pixel)
@@ -590,7 +590,7 @@ class RunEvaluator:
             shutil.rmtree(staging, ignore_errors=True)
         results.save(self.save_dir)
         best = results.best()
-        print(f"{snap.name}: mIoU {pct(record['mIoU']) or 'n/a'} ({done} images, {record['seconds']:.1f} s); best "
+        print(f"{snap.name}: mIoU {pct(record['mIoU']) or 'nan'} ({done} images, {record['seconds']:.1f} s); best "
               f"so far {best['file'] if best else '-'} {pct(best['mIoU']) if best else ''}".rstrip(), flush=True)
 
     def write_best_label_maps(self) -> None:

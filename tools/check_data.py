@@ -794,8 +794,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="do not check the target (--skip-cityscapes: the former name)")
     tool.add_argument("--no-decode", action="store_true", help="read headers only (fast; no truncation/value checks)")
     tool.add_argument("--max-entries", type=int, default=None, help="decode only the first N entries of each list")
-    tool.add_argument("--num-workers", "--workers", dest="workers", type=int, default=min(32, usable_cpus() + 4),
-                      help="reader threads")
+    tool.add_argument("--num-workers", "--workers", dest="workers", type=int, metavar="N",
+                      default=min(32, usable_cpus() + 4), help="reader threads")
     tool.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
     tool.add_argument(
         "--write-clean-lists", metavar="DIR", default=None,

@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
@@ -214,7 +214,7 @@ class RunResults:
 def run_table(records: Sequence[dict], skipped: Sequence[Snapshot], best: dict | None) -> list[str]:
     """The lines printed at the end of a run's evaluation: iteration, file, mIoU (%), the best marked, the skipped
     files listed."""
-    rows = [(r["iteration"], r["file"], pct(r["mIoU"]) or "n/a", "<- best" if r is best else "") for r in records]
+    rows = [(r["iteration"], r["file"], pct(r["mIoU"]) or "nan", "<- best" if r is best else "") for r in records]
     rows += [(s.iteration, s.name, "-", "skipped") for s in skipped]
     rows.sort()
     width = max([len("snapshot")] + [len(r[1]) for r in rows])
@@ -235,7 +235,7 @@ class ResizedImages:
     A map-style dataset for ``torch.utils.data.DataLoader`` (``__len__``, ``__getitem__``).
     """
 
-    def __init__(self, dataset, budget_bytes: int) -> None:
+    def __init__(self, dataset: Any, budget_bytes: int) -> None:
         self.dataset = dataset
         width, height = dataset.crop_size
         self.capacity = min(len(dataset), max(0, int(budget_bytes)) // (width * height * 3))
@@ -257,7 +257,7 @@ class ResizedImages:
                     "snapshot (--image-cache-mb)", len(self.cache), time.perf_counter() - start,
                     sum(a.nbytes for a in self.cache.values()) / 2**20, len(self) - len(self.cache))
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int) -> tuple[Any, Any, str]:
         rgb = self.cache.get(index)
         if rgb is None:
             return self.dataset[index]
