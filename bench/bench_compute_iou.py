@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 import compute_iou  # noqa: E402
 from dataset.labels import CITYSCAPES_LIST_DIR  # noqa: E402
+from utils.cli import usable_cpus  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -184,7 +185,7 @@ def main(args: argparse.Namespace) -> dict:
                 variants.append((label, k, lambda k=k, executor=executor: compute_iou.evaluate_dirs(
                     gt_dir, pred_dir, devkit, workers=k, progress=False, executor=executor).ious))
         cli = [sys.executable, str(ROOT / "compute_iou.py"), gt_dir, pred_dir, "--devkit_dir", devkit]
-        variants.append(("ours CLI (defaults, incl. startup)", compute_iou.default_workers(),
+        variants.append(("ours CLI (defaults, incl. startup)", usable_cpus(),
                          lambda: subprocess.run(cli, check=True, capture_output=True, cwd=ROOT)))
         # The variants take turns, --repeat rounds, so that load elsewhere on the machine hits all alike.
         times: list[list[float]] = [[] for _ in variants]
@@ -214,7 +215,7 @@ def main(args: argparse.Namespace) -> dict:
         r["speedup_vs_original"] = (base / r["seconds"]) if base else None
     result = {
         "benchmark": "compute_iou", "num_images": args.num_images, "size_wh": [w, h], "repeat": args.repeat,
-        "generate_seconds": gen_s, "cpus": compute_iou.default_workers(), "machine": platform.platform(),
+        "generate_seconds": gen_s, "cpus": usable_cpus(), "machine": platform.platform(),
         "python": platform.python_version(), "numpy": np.__version__,
         "pillow": Image.__version__ if hasattr(Image, "__version__") else "",
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "rows": rows,

@@ -47,12 +47,13 @@ class LabelFormatError(DatasetError):
     SYNTHIA label re-saved as 8 bits): its class ids are lost. The message names the file and ends with a hint."""
 
 
-def format_paths(paths: Sequence[str | Path], limit: int = MAX_LISTED) -> str:
-    """The first ``limit`` paths, one per indented line, then "... and N more"."""
-    shown = [f"    {p}" for p in list(paths)[:limit]]
+def format_paths(paths: Sequence[str | Path | int], limit: int = MAX_LISTED, inline: bool = False) -> str:
+    """The first ``limit`` items then "... and N more": one per indented line, or with ``inline`` on one line
+    separated by commas (for values, e.g. ``19, 255, ... and 3 more``)."""
+    items = [str(p) for p in list(paths)[:limit]]
     if len(paths) > limit:
-        shown.append(f"    ... and {len(paths) - limit} more")
-    return "\n".join(shown)
+        items.append(f"... and {len(paths) - limit} more")
+    return ", ".join(items) if inline else "\n".join(f"    {p}" for p in items)
 
 
 def check_root(root: str | Path, what: str, expected: str = "") -> Path:

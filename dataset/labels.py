@@ -27,11 +27,16 @@ IMG_MEAN = np.array((104.00698793, 116.66876762, 122.67891434), dtype=np.float32
 IGNORE_LABEL = 255
 
 
-@lru_cache(maxsize=None)
-def load_info(path: str | Path = INFO_JSON) -> dict[str, Any]:
-    """Read a devkit ``info.json`` (classes, label, label2train, palette).
+#: The keys of a devkit ``info.json`` that the loaders and the palette need.
+INFO_KEYS = ("classes", "label", "label2train", "palette")
 
-    Raises ``ValueError`` naming the file when a required key is missing.
+
+@lru_cache(maxsize=None)
+def load_info(path: str | Path = INFO_JSON, keys: tuple[str, ...] = INFO_KEYS) -> dict[str, Any]:
+    """Read a devkit ``info.json`` (classes, label, label2train, palette) and check that it has ``keys`` and one
+    class name per class (``compute_iou.py`` asks only for the keys it uses: classes, label, label2train).
+
+    Raises ``FileNotFoundError`` or ``ValueError`` naming the file.
     """
     path = Path(path)
     try:
@@ -41,9 +46,11 @@ def load_info(path: str | Path = INFO_JSON) -> dict[str, Any]:
         raise FileNotFoundError(f"devkit file not found: {path} (expected info.json with the label tables)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    for key in ("classes", "label", "label2train", "palette"):
+    for key in keys:
         if key not in info:
             raise ValueError(f"{path} lacks the key {key!r}")
+    if "label" in keys and len(info["label"]) != int(info["classes"]):
+        raise ValueError(f"{path}: 'classes' is {info['classes']} but 'label' lists {len(info['label'])} names")
     return info
 
 

@@ -395,19 +395,19 @@ def test_setting_defaults_and_bad_flags(tmp_path, monkeypatch, capsys):
         assert main(get_args_parser().parse_args([*argv, "--workers", "1"])) == 1
         return [line for line in capsys.readouterr().out.splitlines() if line.startswith("==")]
 
-    assert headers() == ["== GTA5 (root data/GTA5, list dataset/gta5_list/train.txt)",
-                         "== Cityscapes train (root data/Cityscapes/data, list dataset/cityscapes_list/train.txt)"]
+    # the default lists are not here: the repository's, as the training script finds them from any folder
+    gta5, cityscapes = REPO / "dataset/gta5_list/train.txt", REPO / "dataset/cityscapes_list/train.txt"
+    assert headers() == [f"== GTA5 (root data/GTA5, list {gta5})",
+                         f"== Cityscapes train (root data/Cityscapes/data, list {cityscapes})"]
     assert headers("--source", "synthia") == ["== SYNTHIA-RAND-CITYSCAPES (root data/SYNTHIA)",
-                                              "== Cityscapes train (root data/Cityscapes/data, "
-                                              "list dataset/cityscapes_list/train.txt)"]
+                                              f"== Cityscapes train (root data/Cityscapes/data, list {cityscapes})"]
     assert headers("--source", "synscapes", "--skip-cityscapes") == ["== Synscapes (root data/Synscapes)"]
     assert headers("--target", "crosscity", "--city", "Rome") == [
-        "== Cityscapes (source) (root data/Cityscapes/data, list dataset/cityscapes_list/train.txt)",
+        f"== Cityscapes (source) (root data/Cityscapes/data, list {cityscapes})",
         "== Cross-City Rome train (root data/NTHU_Datasets)"]
     assert headers("--target", "crosscity", "--city", "Rio", "--skip-source", "--data-dir-target", "x",
                    "--data-list-target", "l.txt") == ["== Cross-City Rio train (root x, list l.txt)"]
-    assert headers("--skip-gta5", "--data-dir-target", "cs") == [
-        "== Cityscapes train (root cs, list dataset/cityscapes_list/train.txt)"]
+    assert headers("--skip-gta5", "--data-dir-target", "cs") == [f"== Cityscapes train (root cs, list {cityscapes})"]
 
     for argv, message in ((["--target", "crosscity"], "--target crosscity needs --city"),
                           (["--city", "Rome"], "--city Rome applies to --target crosscity only")):

@@ -65,7 +65,7 @@ def test_quick_demo_prints_table_miou_and_places(quick_run):
     m = re.search(r"^mIoU: ([0-9.]+)%", text, re.M)
     assert m and float(m.group(1)) == pytest.approx(100 * data["mIoU"], abs=0.051)
     road = data["per_class_iou"]["road"]
-    assert re.search(r"^road\s+" + (re.escape(f"{100 * road:.1f}") if road is not None else "n/a") + "$", text,
+    assert re.search(r"^road\s+" + (re.escape(f"{100 * road:.1f}") if road is not None else "nan") + "$", text,
                      re.M)
     tail = text[text.index("Everything is in"):]
     for name in ("data", "snapshots", "log", "result", "iou.json", "sheet.png", "chart.png"):

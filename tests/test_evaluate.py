@@ -263,9 +263,11 @@ def test_default_restore_from_is_the_released_model_of_model():
                        ("Oracle", "cityscapes_oracle-b7b9934.pth")):
         assert ev.resolve_restore_from(parser.parse_args(["--model", model])).endswith("/" + url)
     args = parser.parse_args([])
-    assert (args.model, args.data_dir, args.data_list, args.ignore_label, args.num_classes, args.set, args.save,
-            args.gpu, args.cpu) == ("DeeplabMulti", "./data/Cityscapes/data", "./dataset/cityscapes_list/val.txt",
-                                    255, 19, "val", "./result/cityscapes", 0, False)
+    assert (args.data_dir, args.data_list, args.ignore_label, args.set, args.save, args.cpu) == \
+        ("./data/Cityscapes/data", "./dataset/cityscapes_list/val.txt", 255, "val", "./result/cityscapes", False)
+    assert (args.model, args.num_classes, args.resnet_layers, args.gpu) == (None, None, None, None)  # filled later
+    ev.fill_model_flags(args)  # no --restore-from: the original's defaults
+    assert (args.model, args.num_classes, tuple(args.resnet_layers)) == ("DeeplabMulti", 19, (3, 4, 23, 3))
     assert (tuple(args.input_size), tuple(args.output_size), args.batch_size, args.flip, args.amp) == \
         ((1024, 512), (2048, 1024), 1, False, False)
     with pytest.raises(ValueError, match="evaluation needs trained weights"):

@@ -30,6 +30,7 @@ from test_evaluate import INPUT_WH, LAYERS, TARGET_WH, base_argv, run_eval, tiny
 from tiny_training import make_tiny_data, one_thread, train_argv  # noqa: F401 (one_thread: a fixture)
 from tools.make_synthetic_data import make_synthetic_datasets
 from utils.checkpoint import save_snapshot
+from utils.runs import ResizedImages, RunPlan, read_run_plan
 
 NUM_VAL = 4
 #: iteration -> seed of the tiny model saved as GTA5_<iteration>.pth (seed 0 predicts best: the middle snapshot)
@@ -142,7 +143,7 @@ def test_cached_images_are_bitwise_the_datasets(run):
     paths, _, _, _ = run
     dataset = cityscapesDataSet(paths.cityscapes_root, paths.cityscapes_val_list, crop_size=INPUT_WH,
                                 mean=IMG_MEAN, set="val", uint8=True)
-    images = ev.ResizedImages(dataset, budget_bytes=2 * INPUT_WH[0] * INPUT_WH[1] * 3 + 5)
+    images = ResizedImages(dataset, budget_bytes=2 * INPUT_WH[0] * INPUT_WH[1] * 3 + 5)
     assert images.capacity == 2
     images.fill(threads=2)
     assert sorted(images.cache) == [0, 1] and images.cache[0][0].dtype == np.uint8
@@ -231,15 +232,15 @@ def test_usage_errors_and_a_folder_without_snapshots(run, tmp_path):
 
 
 def test_the_run_plan_from_args_json(tmp_path):
-    def plan(**run) -> ev.RunPlan:
+    def plan(**run) -> RunPlan:
         (tmp_path / "args.json").write_text(json.dumps(run))
-        return ev.read_run_plan(tmp_path)
+        return read_run_plan(tmp_path)
 
-    assert ev.read_run_plan(tmp_path / "none") == ev.RunPlan()
-    assert plan(num_steps=250000, num_steps_stop=150000, save_pred_every=5000) == ev.RunPlan("GTA5", 150000)
-    assert plan(num_steps=100, num_steps_stop=100, save_pred_every=30, source="synthia") == ev.RunPlan("SYNTHIA", 100)
+    assert read_run_plan(tmp_path / "none") == RunPlan()
+    assert plan(num_steps=250000, num_steps_stop=150000, save_pred_every=5000) == RunPlan("GTA5", 150000)
+    assert plan(num_steps=100, num_steps_stop=100, save_pred_every=30, source="synthia") == RunPlan("SYNTHIA", 100)
     assert plan(num_steps=90, num_steps_stop=150, save_pred_every=20, source="synscapes") == \
-        ev.RunPlan("Synscapes", 90)
+        RunPlan("Synscapes", 90)
     assert plan(num_steps=9, num_steps_stop=8, source="cityscapes").prefix == "Cityscapes"
     bad = plan(num_steps=9)
     assert bad.last_iteration is None and "num_steps_stop" in bad.problem

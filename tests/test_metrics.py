@@ -6,16 +6,13 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from dataset.labels import LABEL2TRAIN, load_info
 from utils.metrics import (
-    ConfusionMatrix,
     MetricsError,
     evaluate_pair,
     fast_hist,
-    fast_hist_torch,
     format_iou_lines,
     format_progress_line,
     format_skip_line,
@@ -43,9 +40,8 @@ def test_hand_worked_confusion_matrix_and_iou():
     np.testing.assert_allclose(per_class_iu(hist), HAND_IOU)
     assert mean_iu(per_class_iu(hist)) == pytest.approx(0.45)
     assert format_iou_lines(per_class_iu(hist), ["a", "b"]) == ["===>a:\t40.0", "===>b:\t50.0", "===> mIoU: 45.0"]
-    # the same through the wider-dtype path and through torch
+    # the same through the wider-dtype path
     np.testing.assert_array_equal(fast_hist(GT.astype(np.int32), PRED.astype(np.int64), 2), HAND_HIST)
-    np.testing.assert_array_equal(fast_hist_torch(torch.from_numpy(GT), torch.from_numpy(PRED), 2).numpy(), HAND_HIST)
 
 
 def test_absent_class_is_nan_and_ignored_by_the_mean():
@@ -66,8 +62,6 @@ def test_prediction_out_of_range_on_labelled_pixels_is_an_error():
         fast_hist(GT, pred, 2, name="pred.png")
     with pytest.raises(MetricsError, match="19, 255"):
         fast_hist(GT.astype(np.int64), pred.astype(np.int64), 2)
-    with pytest.raises(MetricsError, match="19, 255"):
-        fast_hist_torch(torch.from_numpy(GT), torch.from_numpy(pred), 2)
     neg = PRED.astype(np.int64)
     neg[0, 0] = -3
     with pytest.raises(MetricsError, match="-3"):
@@ -155,15 +149,6 @@ def test_printed_lines_are_the_originals_expressions():
     assert format_skip_line(6, 4, "g.png", "p.png") == "Skipping: len(gt) = 6, len(pred) = 4, g.png, p.png"
 
 
-def test_confusion_matrix_accumulator_numpy_and_torch():
-    cm = ConfusionMatrix(2)
-    cm.update(GT, PRED)
-    cm.update(torch.from_numpy(GT.astype(np.int64)), torch.from_numpy(PRED.astype(np.int64)))
-    np.testing.assert_array_equal(cm.hist, 2 * HAND_HIST)
-    np.testing.assert_allclose(cm.ious(), HAND_IOU)
-    assert cm.lines(["a", "b"])[-1] == "===> mIoU: 45.0"
-
-
 def test_result_dict_is_json_ready():
     hist = fast_hist(GT, PRED, 3)
     d = result_dict(hist, ["a", "b", "c"], 1, extra_key="x")
@@ -192,3 +177,36 @@ def test_read_label_png_errors(tmp_path):
     junk.write_bytes(b"not a png at all")
     with pytest.raises(MetricsError, match="junk.png"):
         read_label_png(junk)
+
+
+def test_many_bad_prediction_values_are_listed_then_counted():
+    gt = np.zeros((1, 14), dtype=np.uint8)
+    pred = np.arange(2, 16, dtype=np.uint8)[None]  # 14 values outside [0, 2): 10 listed, then the rest counted
+    with pytest.raises(MetricsError, match=r": 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, \.\.\. and 4 more \(predictions"):
+        fast_hist(gt, pred, 2)
+
+
+def test_ignore_other_classes_against_a_hand_computed_matrix():
+    """Two protocols for a class subset, by hand. Classes a, b, c; the subset keeps a and b. Pixels (gt -> pred):
+    a->a, a->a, a->c, b->b, c->a, c->b, c->c. Counting c's ground truth (the default): a: TP 2, row 3, column 3 ->
+    2/4; b: TP 1, row 1, column 2 -> 1/2; mIoU over {a, b} = 0.5. Ignoring c's ground truth: a: column 2 -> 2/3; b:
+    column 1 -> 1/1; mIoU = 5/6. The a->c pixel (a prediction of the left-out class) counts against a in both."""
+    from dataset.labels import CLASS_NAMES
+    from utils.metrics import ignore_other_classes
+
+    gt = np.array([[0, 0, 0, 1, 2, 2, 2]], dtype=np.uint8)
+    pred = np.array([[0, 0, 2, 1, 0, 1, 2]], dtype=np.uint8)
+    hist = fast_hist(gt, pred, 3)
+    np.testing.assert_array_equal(hist, [[2, 0, 1], [0, 1, 0], [1, 1, 1]])
+    np.testing.assert_allclose(per_class_iu(hist)[:2], [2 / 4, 1 / 2])
+    # the same pixels as devkit classes: a, b, c = road, sidewalk, terrain (terrain is outside the 16 and 13 subsets)
+    names = ["road", "sidewalk", "terrain"]
+    full = np.zeros((19, 19), dtype=np.int64)
+    idx = [CLASS_NAMES.index(n) for n in names]
+    full[np.ix_(idx, idx)] = hist
+    kept = ignore_other_classes(full, CLASS_NAMES, 16)
+    np.testing.assert_array_equal(kept[np.ix_(idx, idx)], [[2, 0, 1], [0, 1, 0], [0, 0, 0]])
+    assert full[idx[2]].sum() == 3  # the input is not changed
+    np.testing.assert_allclose(per_class_iu(kept)[idx[:2]], [2 / 3, 1 / 1])
+    assert mean_iu(per_class_iu(full)[idx[:2]]) == pytest.approx(0.5)
+    assert mean_iu(per_class_iu(kept)[idx[:2]]) == pytest.approx(5 / 6)

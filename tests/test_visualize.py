@@ -132,7 +132,7 @@ def test_read_iou_json_and_table(tmp_path):
     lines = table.splitlines()
     assert lines[0].split() == ["class", "adapted", "source"]
     assert lines[2].split() == ["road", "50.0", "25.0"]
-    assert lines[2 + 12].split() == ["rider", "n/a", "25.0"]
+    assert lines[2 + 12].split() == ["rider", "nan", "25.0"]  # no IoU: compute_iou.py's spelling
     assert lines[-1].split() == ["mIoU", "50.0", "25.0"]
 
 
@@ -187,7 +187,7 @@ def test_chart_bad_json_names_the_file(tmp_path, content, message):
 def test_chart_errors(tmp_path, capsys):
     j1 = write_json(tmp_path / "run1.json", [0.3] * 19, 0.3)
     parser = visualize.get_args_parser()
-    assert visualize.main(parser.parse_args(["chart", str(j1), "--labels", "a", "b"])) == 1
+    assert visualize.main(parser.parse_args(["chart", str(j1), "--labels", "a", "b"])) == 2  # a usage error
     assert "2 labels for 1 JSON files" in capsys.readouterr().err
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"per_class_iou": {"x": 0.1}, "mIoU": 0.1}))
@@ -268,7 +268,7 @@ def test_curve_errors(tmp_path, capsys):
         ([str(good), "--width", "10"], "--width/--height must be at least 200x150"),
     ):
         args = visualize.get_args_parser().parse_args(["curve", *argv, "--out", str(tmp_path / "c.png")])
-        assert visualize.main(args) == 1
+        assert visualize.main(args) == (2 if "--" in message else 1)  # flag values: usage errors
         err = capsys.readouterr().err
         assert err.startswith("visualize.py curve: error: ") and message in err, err
     assert not (tmp_path / "c.png").exists()

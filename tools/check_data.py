@@ -25,8 +25,8 @@ its labelled evaluation split, Cityscapes val or Cross-City test, when present):
   table gives.
 
 Prints a summary and exits 1 when something is wrong (0 otherwise; warnings alone do not fail unless
-``--strict``), 2 for unusable flags (e.g. ``--target crosscity`` without ``--city``). Typical use, from the
-repository root::
+``--strict``), 2 for unusable flags (e.g. ``--target crosscity`` without ``--city``); errors of the tool itself
+(a clean list that cannot be written) are one ``check_data.py: error: ...`` line. Typical use::
 
     python tools/check_data.py --data-dir ./data/GTA5 --data-dir-target ./data/Cityscapes/data
     python tools/check_data.py --source synthia --data-dir ./data/SYNTHIA
@@ -37,7 +37,6 @@ From Python: :func:`check_datasets` returns a :class:`Report`.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections import Counter
@@ -75,6 +74,10 @@ from dataset.labels import LABEL2TRAIN, NUM_CLASSES
 from dataset.settings import CITIES, SOURCES, TARGETS, resolve_setting
 from dataset.synscapes_dataset import SYNSCAPES_LABEL_HINT
 from dataset.synthia_dataset import SYNTHIA_LABEL_HINT
+from utils.cli import ArgumentParser, fail, repo_path, usable_cpus
+from utils.files import WriteError, atomic_write
+
+PROG = "check_data.py"
 
 #: category -> (level, what the summary calls it)
 CATEGORIES: dict[str, tuple[str, str]] = {
@@ -531,12 +534,13 @@ def check_datasets(
     source = resolve_setting(source, target, city)
     src, tgt = SOURCES[source], TARGETS[target]
     data_dir = src.data_dir if data_dir is SETTING else data_dir
-    data_list = src.data_list if data_list is SETTING else data_list
+    data_list = repo_path(src.data_list, "--data-list") if data_list is SETTING else data_list
     data_dir_target = tgt.data_dir if data_dir_target is SETTING else data_dir_target
-    data_list_target = tgt.data_list if data_list_target is SETTING else data_list_target
+    if data_list_target is SETTING:
+        data_list_target = repo_path(tgt.data_list, "--data-list-target")
     val_set = tgt.eval_set if val_set is SETTING else val_set
     check_eval = data_list_val is not None
-    data_list_val = tgt.eval_list if data_list_val is SETTING else data_list_val
+    data_list_val = repo_path(tgt.eval_list, "--data-list-val") if data_list_val is SETTING else data_list_val
 
     report = Report()
     common = dict(decode=decode, workers=workers, max_entries=max_entries, progress=progress)
@@ -723,27 +727,18 @@ def clean_list_name(title: str) -> str:
 
 def write_clean_lists(report: Report, out_dir: str | Path) -> list[Path]:
     """Write, per checked section, the list entries (or found images) without errors to
-    ``out_dir/<title>.txt`` (:func:`clean_list_name`); each can be passed as the section's list flag."""
-    from utils.files import atomic_write
-
+    ``out_dir/<title>.txt`` (:func:`clean_list_name`); each can be passed as the section's list flag. Raises
+    :class:`utils.files.WriteError` naming the file when one cannot be written."""
     written = []
     for s in report.sections:
         if s.skipped or not s.names:
             continue
         keep = [n for n in s.names if n not in s.bad_names]
         path = Path(out_dir) / clean_list_name(s.title)
-        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{n}\n" for n in keep)))
+        text = "".join(f"{n}\n" for n in keep)
+        atomic_write(path, lambda tmp: tmp.write_text(text), needed=len(text))
         written.append(path)
     return written
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except ``None`` ones (those flags' help says where their default comes from)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None:
-            return action.help or ""
-        return super()._get_help_string(action)
 
 
 def _per_setting(table: dict, attr: str, none: str) -> str:
@@ -753,10 +748,10 @@ def _per_setting(table: dict, attr: str, none: str) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
+        prog=PROG,
         description="Check the data of a training setting (default GTA5 -> Cityscapes; --source / --target / "
                     "--city as in train_gta2cityscapes_multi.py) before training.",
-        formatter_class=_HelpFormatter,
     )
     data = parser.add_argument_group("data (the same flags and defaults as train_gta2cityscapes_multi.py)")
     data.add_argument(
@@ -799,7 +794,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="do not check the target (--skip-cityscapes: the former name)")
     tool.add_argument("--no-decode", action="store_true", help="read headers only (fast; no truncation/value checks)")
     tool.add_argument("--max-entries", type=int, default=None, help="decode only the first N entries of each list")
-    tool.add_argument("--workers", type=int, default=min(32, (os.cpu_count() or 1) + 4), help="reader threads")
+    tool.add_argument("--num-workers", "--workers", dest="workers", type=int, metavar="N",
+                      default=min(32, usable_cpus() + 4), help="reader threads")
     tool.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
     tool.add_argument(
         "--write-clean-lists", metavar="DIR", default=None,
@@ -816,16 +812,13 @@ def _or_setting(value):
 def main(args: argparse.Namespace) -> int:
     """Check, print the report; 0 when fine, 1 when something is wrong, 2 for unusable flags."""
     if args.workers < 1:
-        print(f"error: --workers must be at least 1, got {args.workers}", file=sys.stderr)
-        return 2
+        return fail(PROG, f"--num-workers must be at least 1, got {args.workers}", 2)
     if args.max_entries is not None and args.max_entries < 1:
-        print(f"error: --max-entries must be at least 1, got {args.max_entries}", file=sys.stderr)
-        return 2
+        return fail(PROG, f"--max-entries must be at least 1, got {args.max_entries}", 2)
     try:
         args.source = resolve_setting(args.source, args.target, args.city)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROG, str(exc), 2)
     report = check_datasets(
         data_dir=None if args.skip_source else _or_setting(args.data_dir),
         data_dir_target=None if args.skip_target else _or_setting(args.data_dir_target),
@@ -844,8 +837,11 @@ def main(args: argparse.Namespace) -> int:
     )
     print(report.format())
     if args.write_clean_lists:
-        for path in write_clean_lists(report, args.write_clean_lists):
-            print(f"wrote {path}")
+        try:
+            for path in write_clean_lists(report, args.write_clean_lists):
+                print(f"wrote {path}")
+        except WriteError as exc:
+            return fail(PROG, str(exc))
     failed = not report.ok or (args.strict and report.warnings > 0)
     return 1 if failed else 0
 

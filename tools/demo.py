@@ -16,7 +16,8 @@ Steps, each the real script through its real command line (printed before it run
 
 Everything goes under ``--out`` (default ``./demo_output``). At the end the demo prints the per-class IoU table,
 the mIoU (with the score of predicting the most frequent class everywhere, for scale) and where each file is.
-A step that fails stops the demo with that step's exit status and a message naming the step.
+A step that fails stops the demo with that step's exit status and a message naming the step
+(``demo.py: error: step 'train' failed ...``).
 
 The numbers say that the pipeline works, not what AdaptSegNet achieves: the network is a 1-1-1-1-block ResNet
 trained from scratch for a few hundred iterations on tiny images. For the paper's setting see README.md.
@@ -39,6 +40,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(REPO_ROOT))
 
+from utils.cli import ArgumentParser, fail  # noqa: E402
+from utils.files import atomic_write  # noqa: E402
+
+PROG = "demo.py"
 #: Written into --out so that a later run may clear what an earlier demo wrote, and nothing else.
 MARKER = ".adaptsegnet-demo"
 #: The interpreter that runs the steps (the demo's own).
@@ -143,7 +148,7 @@ class Demo:
             "tools/make_synthetic_data.py", "--out", self.data,
             "--num-source", str(s.num_source), "--num-target-train", str(s.num_target_train),
             "--num-val", str(s.num_val), "--source-size", size(s.source_size),
-            "--target-size", size(s.target_size), "--seed", str(self.seed),
+            "--target-size", size(s.target_size), "--random-seed", str(self.seed),
         ], quiet=True)
         self.run(2, total, "train", f"Training (multi-level adversarial, {s.steps} iterations on the CPU)", [
             "train_gta2cityscapes_multi.py",
@@ -165,7 +170,7 @@ class Demo:
             "--save", self.arg("result"), "--save-overlay", "--cpu",
         ])
         self.run(4, total, "compute_iou", "Per-class IoU against the generated ground truth", [
-            "compute_iou.py", self.gt_dir, self.arg("result"), "--devkit_dir", self.devkit,
+            "compute_iou.py", self.gt_dir, self.arg("result"), "--devkit-dir", self.devkit,
             "--json", self.arg("iou.json"),
         ])
         self.run(5, total, "sheet", "Drawing image | prediction | ground truth", [
@@ -210,7 +215,8 @@ def prepare_out(out: Path) -> None:
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
             path.unlink()
-    (out / MARKER).write_text("written by tools/demo.py; the demo may clear this folder's outputs\n")
+    atomic_write(out / MARKER, lambda tmp: tmp.write_text("written by tools/demo.py; the demo may clear this folder's "
+                                                          "outputs\n"))
 
 
 def report(demo: Demo, elapsed: float) -> str:
@@ -251,14 +257,14 @@ def report(demo: Demo, elapsed: float) -> str:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Run the whole AdaptSegNet pipeline (data, training, evaluation, IoU, pictures) on a small "
-                    "generated dataset on the CPU.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = ArgumentParser(
+        prog=PROG, description="Run the whole AdaptSegNet pipeline (data, training, evaluation, IoU, pictures) on a "
+                               "small generated dataset on the CPU.")
     parser.add_argument("--out", default="./demo_output", help="folder for everything the demo writes")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"training iterations (default {FULL.steps}; {QUICK.steps} with --quick)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data generator and of the training")
+    parser.add_argument("--random-seed", "--seed", dest="seed", type=int, default=0,
+                        help="seed of the data generator and of the training")
     parser.add_argument("--quick", action="store_true",
                         help="tiny images and a few iterations (seconds; the numbers mean nothing): a smoke test")
     return parser
@@ -268,27 +274,28 @@ def main(args: argparse.Namespace) -> int:
     settings = QUICK if args.quick else FULL
     if args.steps is not None:
         if args.steps < 1:
-            print(f"demo.py: error: --steps must be >= 1, got {args.steps}", file=sys.stderr)
-            return 2
+            return fail(PROG, f"--steps must be at least 1, got {args.steps}", 2)
         settings = Settings(**{**settings.__dict__, "steps": args.steps,
                                "log_every": max(1, min(settings.log_every, args.steps // 10 or 1))})
     out = Path(args.out).resolve()
     try:
         prepare_out(out)
-    except (ValueError, OSError) as exc:
-        print(f"demo.py: error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # a folder that cannot be written
+        return fail(PROG, str(exc))
+    except ValueError as exc:  # a --out that is not the demo's
+        return fail(PROG, str(exc), 2)
     demo = Demo(out, settings, args.seed, python=PYTHON)
     start = time.perf_counter()
     try:
         demo.steps()
     except StepFailed as exc:
-        print(f"\ndemo.py: error: step '{exc.step}' failed with exit status {exc.returncode}; its command was:\n"
-              f"  {exc.command}\n(run from {REPO_ROOT})", file=sys.stderr)
-        return exc.returncode if exc.returncode > 0 else 128 - exc.returncode  # killed by signal N: 128 + N
+        print(file=sys.stderr)
+        return fail(PROG, f"step '{exc.step}' failed with exit status {exc.returncode}; its command was:\n"
+                          f"  {exc.command}\n(run from {REPO_ROOT})",
+                    exc.returncode if exc.returncode > 0 else 128 - exc.returncode)  # killed by signal N: 128 + N
     except KeyboardInterrupt:
-        print("\ndemo.py: interrupted", file=sys.stderr)
-        return 130
+        print(file=sys.stderr)
+        return fail(PROG, "interrupted", 130)
     print(report(demo, time.perf_counter() - start))
     return 0
 

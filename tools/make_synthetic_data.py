@@ -20,8 +20,9 @@ share the layout distribution but differ in look (the domain shift to adapt over
 the source is saturated with fine per-pixel noise (a "rendered" look), the target
 desaturated, bluish and darker with blotchy low-frequency texture.
 
-Usage: ``python tools/make_synthetic_data.py --out /tmp/synth [--num-source 8] [--seed 0]``
-or, from Python, :func:`make_synthetic_datasets`.
+Usage: ``python tools/make_synthetic_data.py --out /tmp/synth [--num-source 8] [--random-seed 0]``
+or, from Python, :func:`make_synthetic_datasets`. Every file is written atomically; a write error (a full disk)
+is one ``make_synthetic_data.py: error: cannot write <file>: ...`` line, exit status 1.
 """
 from __future__ import annotations
 
@@ -38,9 +39,12 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 from PIL import Image
 
+from dataset.crosscity_dataset import CITIES
 from dataset.labels import INFO_JSON, LABEL2TRAIN, PALETTE, SYNTHIA_TO_TRAIN
-from utils.cli import parse_size
+from utils.cli import ArgumentParser, fail, parse_size
 from utils.files import atomic_write
+
+PROG = "make_synthetic_data.py"
 
 TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne")
 VAL_CITIES = ("frankfurt", "lindau", "munster")
@@ -192,7 +196,7 @@ def paint(rng: np.random.Generator, layout: np.ndarray, domain: str) -> np.ndarr
 
 
 def _save(img: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"), needed=img.width * img.height * len(img.getbands()))
 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
@@ -207,7 +211,7 @@ def _rng(seed: int, domain: int, index: int) -> np.random.Generator:
 def _parse_size(size: Sequence[int], name: str) -> tuple[int, int]:
     w, h = (int(v) for v in size)
     if w < 8 or h < 8:
-        raise ValueError(f"{name} must be at least (8, 8) (W, H), got {tuple(size)}")
+        raise ValueError(f"{name} must be at least 8,8 (W,H), got {w},{h}")
     return w, h
 
 
@@ -394,8 +398,6 @@ def make_synthetic_other_settings(
     in the "source" look, Cross-City in the "target" look), their labelIds rewritten in each dataset's ids.
     Sizes are (W, H) (real: 1280x760, 1440x720, 2048x1024). Requires OpenCV for the 16-bit labels.
     """
-    from dataset.crosscity_dataset import CITIES
-
     for name, n in (("num_source", num_source), ("num_target_train", num_target_train), ("num_test", num_test)):
         if int(n) < 1:
             raise ValueError(f"{name} must be at least 1, got {n}")
@@ -462,25 +464,34 @@ def make_synthetic_other_settings(
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Write a small synthetic GTA5 + Cityscapes in the real folder layouts (tests, demo).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    parser = ArgumentParser(prog=PROG, description="Write a small synthetic GTA5 + Cityscapes in the real folder "
+                            "layouts (tests, demo).")
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--num-source", type=int, default=8, help="GTA5 image/label pairs")
     parser.add_argument("--num-target-train", type=int, default=8, help="Cityscapes train images")
     parser.add_argument("--num-val", type=int, default=4, help="Cityscapes val images with gtFine labels")
-    parser.add_argument("--source-size", type=parse_size, default=(64, 36), help="W,H of GTA5 images")
-    parser.add_argument("--target-size", type=parse_size, default=(64, 32), help="W,H of Cityscapes images")
-    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--source-size", type=parse_size, default=(64, 36), metavar="W,H",
+                        help="size of the GTA5 images")
+    parser.add_argument("--target-size", type=parse_size, default=(64, 32), metavar="W,H",
+                        help="size of the Cityscapes images")
+    parser.add_argument("--random-seed", "--seed", dest="seed", type=int, default=0,
+                        help="seed of everything generated")
     parser.add_argument("--other-settings", action="store_true",
-                        help="also write SYNTHIA, Synscapes and a Cross-City city (--city), and Cityscapes gtFine/train "
+                        help="also write SYNTHIA, Synscapes, a Cross-City city (--city) and Cityscapes gtFine/train "
                              "labels (Cityscapes as a source), for --source/--target of the training script")
-    parser.add_argument("--city", default="Rome", help="the Cross-City city of --other-settings")
+    parser.add_argument("--city", default="Rome", choices=CITIES, help="the Cross-City city of --other-settings")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
+    """Write the data and print where it is; 0 when done, 1 when a file cannot be written, 2 for unusable flags."""
+    for flag, value in (("--num-source", args.num_source), ("--num-target-train", args.num_target_train),
+                        ("--num-val", args.num_val)):
+        if value < 1:
+            return fail(PROG, f"{flag} must be at least 1, got {value}", 2)
+    for flag, (w, h) in (("--source-size", args.source_size), ("--target-size", args.target_size)):
+        if min(w, h) < 8:
+            return fail(PROG, f"{flag} must be at least 8,8, got {w},{h}", 2)
     try:
         paths = make_synthetic_datasets(
             args.out,
@@ -498,8 +509,7 @@ def main(args: argparse.Namespace) -> int:
                                                   num_target_train=args.num_target_train, num_test=args.num_val,
                                                   city=args.city, seed=args.seed)
     except (ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(PROG, str(exc))
     print(f"GTA5 (--data-dir):                {paths.gta5_root}")
     print(f"GTA5 list (--data-list):          {paths.gta5_list}")
     print(f"Cityscapes (--data-dir-target):   {paths.cityscapes_root}")

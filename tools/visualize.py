@@ -17,13 +17,14 @@ tile is scaled to ``--width``; a legend names the classes that appear.
 
 ``chart`` draws one horizontal bar per class and run (and one for the mIoU), in percent, and prints the same
 numbers as a table. Classes absent from both the ground truth and the prediction have no IoU (``null`` in the
-JSON, NaN in compute_iou.py's table): they are marked "n/a" and, as in compute_iou.py, left out of the mIoU.
+JSON): they are written ``nan``, as in compute_iou.py's table, and left out of the mIoU.
 
 ``curve`` draws the mIoU (%) of every evaluated snapshot against its iteration, one line per run (the label is the
 JSON file's folder name unless ``--labels`` is given), each run's best snapshot ringed and labelled, and prints
 each run's best snapshot.
 
-Drawing uses Pillow only (no plotting library). Files are written atomically.
+Drawing uses Pillow only (no plotting library). Files are written atomically; an error is one line
+``visualize.py <command>: error: ...`` on stderr, exit status 1 (2 for flags that cannot work).
 """
 from __future__ import annotations
 
@@ -41,9 +42,13 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from dataset.checks import format_paths, read_list
 from dataset.cityscapes_dataset import cityscapes_image_path, gtfine_name
 from dataset.labels import CLASS_NAMES, LABEL2TRAIN, NUM_CLASSES, PALETTE, colorize_rgb
+from utils.cli import ArgumentParser, UsageError, fail, repo_path
 from utils.files import atomic_write
+
+PROG = "visualize.py"
 
 #: Bar colours of the runs in a chart, in order (cycled beyond six runs). Not class colours.
 RUN_COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75))
@@ -74,7 +79,7 @@ def _text_size(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.ImageFont) 
 
 def save_png(image: Image.Image, path: str | Path) -> Path:
     """Write ``image`` as PNG atomically (temporary file, then rename); creates the parent folder."""
-    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"), needed=image.width * image.height * 3)
 
 
 # ---- the sheet ----------------------------------------------------------------------------------------------------
@@ -88,18 +93,6 @@ class SheetRow:
     image: Path
     prediction: Path
     ground_truth: Path | None
-
-
-def read_list(path: str | Path) -> list[str]:
-    """Non-blank lines of a Cityscapes list file (``city/city_x_y_leftImg8bit.png``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise VisualizeError(f"--data-list {path}: no such file (expected a Cityscapes list such as "
-                             "dataset/cityscapes_list/val.txt)")
-    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    if not names:
-        raise VisualizeError(f"--data-list {path} is empty (expected one image name per line)")
-    return names
 
 
 def sheet_rows(data_dir: str | Path, names: Sequence[str], pred_dir: str | Path, gt_dir: str | Path | None,
@@ -118,10 +111,8 @@ def sheet_rows(data_dir: str | Path, names: Sequence[str], pred_dir: str | Path,
     missing = [str(p) for r in rows for p in (r.image, r.prediction, r.ground_truth)
                if p is not None and not p.is_file()]
     if missing:
-        shown = "\n".join("  " + p for p in missing[:10])
-        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise VisualizeError(f"{len(missing)} files for the sheet do not exist (check --data-dir, --set, "
-                             f"--pred-dir and --gt-dir):\n{shown}{more}")
+        raise VisualizeError(f"{len(missing)} files for the sheet do not exist, check --data-dir, --set, --pred-dir "
+                             f"and --gt-dir:\n{format_paths(missing, 10)}")
     return rows
 
 
@@ -259,7 +250,8 @@ def check_runs(runs: Sequence[IoURun]) -> None:
 
 
 def _pct(v: float) -> str:
-    return "n/a" if math.isnan(v) else f"{100 * v:.1f}"
+    """A fraction in percent with one decimal; ``nan`` (compute_iou.py's spelling) for no IoU."""
+    return "nan" if math.isnan(v) else f"{100 * v:.1f}"
 
 
 def format_table(runs: Sequence[IoURun]) -> str:
@@ -280,7 +272,7 @@ def make_chart(runs: Sequence[IoURun], title: str = "Per-class IoU (%)", bar_hei
                plot_width: int = 480) -> Image.Image:
     """Horizontal grouped bars: for each class (then the mIoU) one bar per run, 0..100 %, value at the bar's end.
 
-    A class with no IoU in a run is labelled "n/a" with no bar.
+    A class with no IoU in a run is labelled "nan" with no bar.
     """
     check_runs(runs)
     font = _font(max(11, bar_height - 2))
@@ -327,7 +319,7 @@ def make_chart(runs: Sequence[IoURun], title: str = "Per-class IoU (%)", bar_hei
             v = run.miou if name == "mIoU" and i == len(rows) - 1 else run.ious[i]
             yb = y0 + k * bar_height
             if math.isnan(v):
-                draw.text((label_w + 2, yb), "n/a", fill=TEXT, font=font)
+                draw.text((label_w + 2, yb), "nan", fill=TEXT, font=font)
                 continue
             xe = label_w + round(plot_width * v)
             if xe > label_w:
@@ -501,11 +493,10 @@ def make_curve(curves: Sequence[Curve], title: str = "mIoU (%) over training", w
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Result pictures: prediction sheet and per-class IoU chart.")
+    parser = ArgumentParser(prog=PROG, description="Result pictures: prediction sheet, IoU chart, mIoU curve.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{sheet,chart,curve}")
 
-    s = sub.add_parser("sheet", help="image | prediction | ground truth for a few images, into one PNG",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser("sheet", help="image | prediction | ground truth for a few images, into one PNG")
     s.add_argument("--data-dir", default="./data/Cityscapes/data",
                    help="Cityscapes directory holding leftImg8bit/ (as evaluate_cityscapes.py)")
     s.add_argument("--data-list", default="./dataset/cityscapes_list/val.txt",
@@ -520,16 +511,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, default=384, help="width of each tile in pixels")
     s.add_argument("--out", default="sheet.png", help="output PNG")
 
-    c = sub.add_parser("chart", help="per-class IoU bar chart of one or more compute_iou.py --json files",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c = sub.add_parser("chart", help="per-class IoU bar chart of one or more compute_iou.py --json files")
     c.add_argument("json", nargs="+", help="compute_iou.py (or evaluate_cityscapes.py) --json files")
     c.add_argument("--labels", nargs="+", default=None,
                    help="one name per JSON file (default: the file names)")
     c.add_argument("--title", default="Per-class IoU (%)", help="chart title")
     c.add_argument("--out", default="chart.png", help="output PNG")
 
-    v = sub.add_parser("curve", help="mIoU against iteration of one or more runs (their snapshots.json)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    v = sub.add_parser("curve", help="mIoU against iteration of one or more runs (their snapshots.json)")
     v.add_argument("json", nargs="+", help="SAVE/snapshots.json files of evaluate_cityscapes.py --restore-from "
                                            "SNAPSHOT_DIR, one per run")
     v.add_argument("--labels", nargs="+", default=None, help="one name per run (default: the JSON files' folders)")
@@ -540,10 +529,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_usage(args: argparse.Namespace) -> None:
+    """Flag values that cannot work: :class:`UsageError` (exit status 2)."""
+    if args.command == "sheet" and (args.num_images < 1 or args.width < 16):
+        raise UsageError(f"--num-images must be at least 1 and --width at least 16 pixels, got {args.num_images} and "
+                         f"{args.width}")
+    if args.command == "curve" and (args.width < 200 or args.height < 150):
+        raise UsageError(f"--width/--height must be at least 200x150 pixels, got {args.width}x{args.height}")
+    if args.command in ("chart", "curve") and args.labels is not None and len(args.labels) != len(args.json):
+        raise UsageError(f"--labels: {len(args.labels)} labels for {len(args.json)} JSON files, give one label per "
+                         "file")
+
+
 def run_sheet(args: argparse.Namespace) -> int:
-    if args.num_images < 1:
-        raise VisualizeError(f"--num-images must be >= 1, got {args.num_images}")
-    names = read_list(args.data_list)[: args.num_images]
+    names = read_list(repo_path(args.data_list, "--data-list"), "--data-list")[: args.num_images]
     rows = sheet_rows(args.data_dir, names, args.pred_dir, args.gt_dir, args.set)
     save_png(make_sheet(rows, width=args.width), args.out)
     print(f"sheet of {len(rows)} images: {args.out}")
@@ -551,11 +550,7 @@ def run_sheet(args: argparse.Namespace) -> int:
 
 
 def run_chart(args: argparse.Namespace) -> int:
-    if args.labels is not None and len(args.labels) != len(args.json):
-        raise VisualizeError(f"--labels: {len(args.labels)} labels for {len(args.json)} JSON files "
-                             "(give one label per file)")
-    labels = args.labels or [None] * len(args.json)
-    runs = [read_iou_json(p, lab) for p, lab in zip(args.json, labels)]
+    runs = [read_iou_json(p, lab) for p, lab in zip(args.json, args.labels or [None] * len(args.json))]
     if args.labels is None and len({r.label for r in runs}) < len(runs):
         for r in runs:  # same file names in different folders: use the paths
             r.label = r.path
@@ -566,9 +561,6 @@ def run_chart(args: argparse.Namespace) -> int:
 
 
 def run_curve(args: argparse.Namespace) -> int:
-    if args.labels is not None and len(args.labels) != len(args.json):
-        raise VisualizeError(f"--labels: {len(args.labels)} labels for {len(args.json)} JSON files "
-                             "(give one label per file)")
     curves = [read_snapshots_json(p, lab) for p, lab in zip(args.json, args.labels or [None] * len(args.json))]
     if args.labels is None and len({c.label for c in curves}) < len(curves):
         for c in curves:  # the same folder name in different places: use the paths
@@ -585,11 +577,15 @@ COMMANDS = {"sheet": run_sheet, "chart": run_chart, "curve": run_curve}
 
 
 def main(args: argparse.Namespace) -> int:
+    """Run the command; 0 when done, 1 for bad input or a file that cannot be written, 2 for flag values that
+    cannot work (one message on stderr)."""
     try:
+        check_usage(args)
         return COMMANDS[args.command](args)
-    except (VisualizeError, OSError) as exc:
-        print(f"visualize.py {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+    except UsageError as exc:
+        return fail(f"{PROG} {args.command}", str(exc), 2)
+    except (ValueError, OSError) as exc:  # VisualizeError, DatasetError (lists), WriteError
+        return fail(f"{PROG} {args.command}", str(exc))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """What every script and tool shares on the command line: the parser (help with defaults, a short usage error), the
-value types (``--input-size W,H``, ``--resnet-layers a,b,c,d``), the error line, and a few defaults.
+value types (``--input-size W,H``, ``--resnet-layers a,b,c,d``, ``--scales 1.0,0.75``), the error line, and a few
+defaults.
 
 One error style everywhere: ``<script>: error: <what>, <what to do>`` on stderr, exit status 1 for data and runtime
 errors, 2 for usage errors (argparse's own, and flags that cannot work together). Nothing here imports torch.
@@ -25,8 +26,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
-        if (not action.option_strings or default in (None, False, argparse.SUPPRESS) or "default" in text
-                or isinstance(action, argparse._HelpAction)):
+        if (not action.option_strings or default is None or default is False or default == argparse.SUPPRESS
+                or "default" in text or isinstance(action, argparse._HelpAction)):
             return text
         shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else str(default)
         return f"{text} (default: {shown.replace('%', '%%')})"
@@ -75,6 +76,17 @@ def parse_layers(text: str) -> tuple[int, int, int, int]:
     if len(parts) != 4 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected four positive block counts such as 3,4,23,3, got {text!r}")
     return parts[0], parts[1], parts[2], parts[3]
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"1.0,0.75"`` -> ``(1.0, 0.75)``, all positive (test-time augmentation scales)."""
+    try:
+        scales = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 1.0,0.75, got {text!r}") from None
+    if min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return scales
 
 
 def usable_cpus() -> int:

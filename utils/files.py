@@ -155,9 +155,23 @@ def tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def check_writable_dir(path: str | Path, flag: str) -> Path:
-    """Create ``path`` if needed and prove it is writable; raise ``ValueError`` naming ``flag`` otherwise."""
+def check_writable_dir(path: str | Path, flag: str, create: bool = True) -> Path:
+    """Prove that files can be written into the folder ``path``; raise ``ValueError`` naming ``flag`` otherwise.
+
+    ``create``: create the folder (and its parents) and write a probe file in it. Without it nothing is created:
+    ``path`` must be a writable folder, or not exist under a writable folder (it is made when the first file is
+    written, so that a run refused later leaves no empty folder behind).
+    """
     path = Path(path)
+    if not create:
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise ValueError(f"{flag} {path}: cannot write there ({existing} is not a folder)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ValueError(f"{flag} {path}: cannot write there (no write permission in {existing})")
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".write-test", dir=path)

@@ -27,12 +27,13 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from dataset.checks import format_paths
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "MetricsError",
     "fast_hist",
-    "fast_hist_torch",
     "per_class_iu",
     "mean_iu",
     "label_mapping",
@@ -46,10 +47,10 @@ __all__ = [
     "format_progress_line",
     "format_skip_line",
     "result_dict",
-    "ConfusionMatrix",
     "CLASS_SUBSET_DROPS",
     "CLASS_SUBSETS",
     "subset_indices",
+    "ignore_other_classes",
     "subset_iou_lines",
     "subset_result_dict",
 ]
@@ -71,18 +72,11 @@ def _check_int(arr: np.ndarray, what: str) -> None:
         raise MetricsError(f"{what} must hold integer labels, got dtype {arr.dtype}")
 
 
-def _list_values(values: Iterable[int]) -> str:
-    values = [int(v) for v in values]
-    shown = ", ".join(str(v) for v in values[:MAX_LISTED])
-    return shown + (f", ... ({len(values)} distinct values)" if len(values) > MAX_LISTED else "")
-
-
 def _bad_prediction_message(values: Iterable[int], n: int, name: str | None) -> str:
     where = f"{name}: " if name else ""
-    return (
-        f"{where}prediction values outside [0, {n}) on labelled pixels: {_list_values(values)} "
-        f"(predictions must be trainIds 0..{n - 1}; labelIds or colour images give wrong numbers)"
-    )
+    listed = format_paths([int(v) for v in values], MAX_LISTED, inline=True)
+    return (f"{where}prediction values outside [0, {n}) on labelled pixels: {listed} "
+            f"(predictions must be trainIds 0..{n - 1}; labelIds or colour images give wrong numbers)")
 
 
 def joint_histogram(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -334,58 +328,6 @@ def result_dict(
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Accumulator for validation loops
-
-
-class ConfusionMatrix:
-    """Accumulates :func:`fast_hist` over batches (NumPy arrays or torch tensors on any device).
-
-    ``update(gt, pred)``: gt trainIds (255 = ignore), pred class indices, same shape. Torch tensors are counted
-    on their own device (``torch.bincount``) and only the [n, n] counts come back to the host.
-    """
-
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = int(num_classes)
-        self.hist = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
-
-    def update(self, gt: Any, pred: Any) -> None:
-        try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a hard requirement of the project
-            torch = None
-        if torch is not None and isinstance(gt, torch.Tensor):
-            self.hist += fast_hist_torch(gt, pred, self.num_classes).cpu().numpy()
-        else:
-            self.hist += fast_hist(np.asarray(gt), np.asarray(pred), self.num_classes)
-
-    def ious(self) -> np.ndarray:
-        return per_class_iu(self.hist)
-
-    def miou(self) -> float:
-        return mean_iu(self.ious())
-
-    def lines(self, names: Sequence[str]) -> list[str]:
-        return format_iou_lines(self.ious(), names)
-
-
-def fast_hist_torch(gt: Any, pred: Any, n: int, name: str | None = None) -> Any:
-    """:func:`fast_hist` for torch tensors, computed on their device; returns an int64 tensor [n, n]."""
-    import torch
-
-    if gt.shape != pred.shape:
-        raise MetricsError(f"{name + ': ' if name else ''}gt and prediction sizes differ: "
-                           f"{tuple(gt.shape)} vs {tuple(pred.shape)}")
-    gt = gt.reshape(-1).long()
-    pred = pred.reshape(-1).long()
-    k = (gt >= 0) & (gt < n)
-    pk = pred[k]
-    bad = (pk < 0) | (pk >= n)
-    if bool(bad.any()):
-        raise MetricsError(_bad_prediction_message(torch.unique(pk[bad]).tolist(), n, name))
-    return torch.bincount(n * gt[k] + pk, minlength=n * n).reshape(n, n)
-
-
-# --------------------------------------------------------------------------------------------------------------
 # Class subsets (the paper's SYNTHIA and Cross-City conventions)
 
 #: The classes each reported subset leaves out of the devkit's 19, by name (the devkit's spelling). The only
@@ -416,6 +358,22 @@ def subset_indices(names: Sequence[str], classes: int = 19) -> list[int]:
         raise MetricsError(f"--classes {classes}: the devkit's {len(names)} classes ({', '.join(names)}) minus "
                            f"{', '.join(drop) or 'none'} leave {len(idx)} classes, not {classes}")
     return idx
+
+
+def ignore_other_classes(hist: np.ndarray, names: Sequence[str], classes: int) -> np.ndarray:
+    """A copy of the confusion matrix ``hist`` [n, n] in which the ground-truth pixels of the classes outside the
+    ``classes``-class subset are ignored: their rows (rows are ground truth) are zeroed.
+
+    The other protocol for class subsets (``--ignore-other-classes``; MaxSquareLoss's 13-class mode and ETM's
+    Cross-City loader map those labels to ignore): a ground-truth terrain pixel predicted as vegetation no longer
+    counts against vegetation. Predictions of the left-out classes on the kept classes' pixels still count as
+    errors (they are in the kept rows). Equal to mapping the ground truth to ignore before counting, as each
+    pixel adds to the row of its ground truth only.
+    """
+    keep = subset_indices(names, classes)
+    out = np.zeros_like(hist)
+    out[keep] = np.asarray(hist)[keep]
+    return out
 
 
 def subset_iou_lines(ious: Sequence[float], names: Sequence[str], classes: int = 19) -> list[str]:
