@@ -37,16 +37,17 @@ import utils.files
 from dataset.checks import DatasetError, format_paths, open_rgb
 from dataset.cityscapes_dataset import cityscapes_image_path, cityscapesDataSet, gtfine_name
 from dataset.crosscity_dataset import CITIES, CrossCityDataSet, crosscity_gt_name, crosscity_image_dir
-from dataset.labels import IMG_MEAN, colorize_mask, colorize_rgb, load_info
+from dataset.labels import CLASS_NAMES, IMG_MEAN, colorize_mask, colorize_rgb, load_info
 from dataset.transforms import to_network_input
 from dataset.settings import TARGETS, resolve_setting
 from model import MODEL_NAMES, build_model, model_outputs
 from model.resnet import RESNET101_LAYERS
 from utils.cli import ArgumentParser, UsageError, fail, parse_layers, parse_scales, parse_size, repo_path
 from utils.device import select_device
+from utils.distributed import all_reduce_sum_, get_rank, get_world_size
 from utils.files import atomic_write, check_writable_dir, human_bytes
-from utils.metrics import (CLASS_SUBSETS, MAX_LISTED, MetricsError, evaluate_pair, ignore_other_classes,
-                           label_mapping_lut, per_class_iu, read_label_png, read_png_header, subset_indices,
+from utils.metrics import (CLASS_SUBSETS, MAX_LISTED, MetricsError, evaluate_pair, fast_hist, ignore_other_classes,
+                           label_mapping_lut, mean_iu, per_class_iu, read_label_png, read_png_header, subset_indices,
                            subset_iou_lines, subset_result_dict)
 from utils.runs import (RESULTS_JSON, ResizedImages, RunResults, Snapshot, find_snapshots, pct, read_run_args,
                         read_run_plan, run_settings, run_table)
@@ -298,6 +299,29 @@ def predict_labels(
         logits = logits.flip(-1) if mirrored else logits
         probs = probs + F.softmax(F.interpolate(logits, size=output_hw, mode="bilinear", align_corners=True), dim=1)
     return (probs / len(views)).max(dim=1).indices.to(torch.uint8)
+
+
+def validation_miou(model: torch.nn.Module, dataset, num_classes: int, classes: int, device: torch.device,
+                    memory_format: torch.memory_format = torch.preserve_format, num_workers: int = 0) -> float:
+    """The mIoU (%) of ``model`` on a labelled ``dataset`` (items ``(image, label at native size, size, name)``)
+    over the class subset ``classes``, as this script computes it (the main output upsampled to each label's size,
+    float32). For validation during training: under ``torchrun`` the ranks share the images and add up their
+    confusion matrices; the model is evaluated in eval mode without gradients (BatchNorm uses its running statistics
+    and keeps them) and put back in train mode; no random number is drawn (the loader has its own generator)."""
+    shard = torch.utils.data.Subset(dataset, range(get_rank(), len(dataset), get_world_size()))
+    loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=num_workers,
+                                         generator=torch.Generator().manual_seed(0))
+    hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+    model.eval()
+    try:
+        with torch.no_grad():
+            for image, label, _, _ in loader:
+                pred = predict_labels(model, to_network_input(image, device, memory_format), tuple(label.shape[-2:]))
+                hist += fast_hist(label.numpy(), pred.cpu().numpy(), num_classes)
+    finally:
+        model.train()
+    hist = all_reduce_sum_(torch.from_numpy(hist).to(device)).cpu().numpy()
+    return 100 * mean_iu(per_class_iu(hist)[subset_indices(CLASS_NAMES, classes)])
 
 
 def _save_png(img: Image.Image, path: Path, kind: str = "label") -> None:

@@ -28,20 +28,19 @@ import torch
 import torch.nn.functional as F
 
 from dataset.checks import DatasetError, dataset_error_message
-from dataset.labels import CLASS_NAMES, IMG_MEAN, colorize_rgb
+from dataset.labels import IMG_MEAN, colorize_rgb
 from dataset.settings import CITIES, SOURCES, TARGETS, eval_classes, resolve_setting, training_sets, validation_set
 from dataset.transforms import display_rgb, to_network_input
+from evaluate_cityscapes import validation_miou
 from utils.checkpoint import (RESUME_NAME, RunFiles, SnapshotDirBusy, SnapshotDirLock, StopRequest,
                               find_resume_file, load_training_state, remove_stale_temporaries, restore_training_state,
                               snapshot_space_warning)
 from utils.cli import ArgumentParser, UsageError, fail, parse_layers, parse_size, repo_path, usable_cpus
 from utils.device import configure_backends, seed_everything, select_device
-from utils.distributed import (all_reduce_gradients_, all_reduce_max_int, all_reduce_mean_, all_reduce_sum_,
-                               cleanup_distributed, get_rank, get_world_size, init_distributed, is_main_process,
+from utils.distributed import (all_reduce_gradients_, all_reduce_max_int, all_reduce_mean_, cleanup_distributed, get_rank, get_world_size, init_distributed, is_main_process,
                                unwrap)
 from utils.files import WriteError, atomic_torch_save, atomic_write, check_writable_dir
 from utils.loss import GAN_CHOICES, SOURCE_LABEL, TARGET_LABEL
-from utils.metrics import fast_hist, mean_iu, per_class_iu, subset_indices
 from utils.optim import adjust_learning_rate, lr_poly
 from utils.sampling import shutdown_loader, training_loader
 from utils.training import Trainer, build_training, wrap_distributed
@@ -395,32 +394,6 @@ def train_step(t: Trainer, source_iter: Iterator, target_iter: Iterator, i_iter:
     return losses
 
 
-def validate(t: Trainer, val_set, classes: int) -> float:
-    """The mIoU (%) of the network on ``val_set`` over the class subset ``classes``, as ``evaluate_cityscapes.py``
-    computes it (the main output upsampled to each label's size, float32); under ``torchrun`` the ranks share the
-    images and add up their confusion matrices. It changes nothing of the training: eval mode and no gradients
-    (BatchNorm uses its running statistics and keeps them), no random number drawn (the loader has its own
-    generator), the train mode restored after."""
-    from evaluate_cityscapes import predict_labels
-
-    model, n = unwrap(t.model), t.args.num_classes
-    shard = torch.utils.data.Subset(val_set, range(get_rank(), len(val_set), get_world_size()))
-    loader = torch.utils.data.DataLoader(shard, batch_size=1, num_workers=min(t.args.num_workers, 2),
-                                         generator=torch.Generator().manual_seed(0))
-    hist = np.zeros((n, n), dtype=np.int64)
-    model.eval()
-    try:
-        with torch.no_grad():
-            for image, label, _, _ in loader:
-                x = to_network_input(image, t.device, t.memory_format)
-                pred = predict_labels(model, x, label.shape[-2:])
-                hist += fast_hist(label.numpy(), pred.cpu().numpy(), n)
-    finally:
-        model.train()
-    hist = all_reduce_sum_(torch.from_numpy(hist).to(t.device)).cpu().numpy()
-    return 100 * mean_iu(per_class_iu(hist)[subset_indices(CLASS_NAMES, classes)])
-
-
 # ---- outputs --------------------------------------------------------------------------------------------------------
 
 
@@ -602,7 +575,8 @@ def train(args: argparse.Namespace, device: torch.device, lock: SnapshotDirLock)
                 # the original's names: <i> for a periodic snapshot, the step count at the end
                 tag = i_iter if periodic and not stop_now else i_iter + 1
                 if args.eval_every and (last or (i_iter % args.eval_every == 0 and i_iter)):
-                    miou = validate(t, val_set, classes)
+                    miou = validation_miou(unwrap(t.model), val_set, args.num_classes, classes, t.device,
+                                           t.memory_format, min(args.num_workers, 2))
                     if main_process and miou > best["mIoU"]:
                         atomic_torch_save({k: v.detach().cpu() for k, v in unwrap(t.model).state_dict().items()},
                                           snapshot_dir / f"{snapshot_prefix(args)}_best.pth")
