@@ -263,13 +263,13 @@ def build_datasets(args: argparse.Namespace):
 
 
 def source_batches(loader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    for images, labels, _, _ in loader:
-        yield images, labels
+    batches = iter(loader)  # the workers start now
+    return ((images, labels) for images, labels, _, _ in batches)
 
 
 def target_batches(loader) -> Iterator[torch.Tensor]:
-    for images, _, _ in () if loader is None else loader:
-        yield images
+    batches = iter(() if loader is None else loader)
+    return (images for images, _, _ in batches)
 
 
 # ---- one iteration --------------------------------------------------------------------------------------------------

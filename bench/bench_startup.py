@@ -54,6 +54,7 @@ def port_main(argv: list[str]) -> None:
     import torch
 
     import train_gta2cityscapes_multi as train
+    from dataset.settings import training_sets
     from original_port import OriginalIteration
     from utils.device import seed_everything
     from utils.training import build_networks
@@ -62,7 +63,10 @@ def port_main(argv: list[str]) -> None:
     train.validate_args(args)
     seed_everything(args.random_seed)
     nets = build_networks(args, torch.device("cpu"))
-    source_set, target_set, _ = train.build_datasets(args)
+    source_set, target_set = training_sets(  # float32 items, converted in the loader workers as the original's
+        args.source, args.target, data_dir=args.data_dir, data_list=args.data_list, input_size=args.input_size,
+        data_dir_target=args.data_dir_target, data_list_target=args.data_list_target,
+        input_size_target=args.input_size_target, max_iters=args.num_steps * args.iter_size * args.batch_size)
     port = OriginalIteration(*nets, args)
     # the original's own optimizer calls (today's torch.optim: the arithmetic differs, the set-up cost is the same)
     port.optimizer = torch.optim.SGD(nets[0].optim_parameters(args.learning_rate), lr=args.learning_rate,

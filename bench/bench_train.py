@@ -17,10 +17,11 @@ is imported as a module). Reported per variant:
   only, nothing computed), achieved TFLOP/s, and % of the card's dense bf16 peak (:data:`BF16_PEAK_TFLOPS`); the
   FLOP count at the paper's sizes (1280x720 + 1024x512, batch 1) is printed too.
 
-The baseline ``original port`` (:func:`original_port_iteration`) is the original loop as it was written, in today's
-idioms: ``torch.optim.SGD`` on the duplicate listing, ``torch.optim.Adam``, ``nn.Upsample``,
-``nn.CrossEntropyLoss(ignore_index=255)``, ``.item()`` on every loss, ``DataLoader(shuffle=True)``; same model
-class, same data, same sizes, in the same run.
+The baselines: ``original port`` (``tests/original_port.py``) is the original iteration as it ran: PyTorch 0.4's SGD
+over the duplicate listing and Adam (Python loops), ``nn.Upsample``, the original's ``CrossEntropy2d``, ``.item()`` on
+every loss, ``DataLoader(shuffle=True)`` with float32 items converted in the workers; ``original port (torch.optim)``
+the same with the original's literal ``optim.SGD``/``optim.Adam`` calls on today's torch (today's arithmetic, C++
+loops). Same model class, same data, same sizes, in the same run.
 
 CPU (defaults: the real ResNet-101 at 160x96 + 128x64, a few minutes on 2 cores)::
 
@@ -82,8 +83,9 @@ BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("L4", 121.0),
 )
 PAPER_SIZES = ((1280, 720), (1024, 512))
-VARIANTS = {  # name -> extra training flags
+VARIANTS = {  # name -> extra training flags (None: a port of the original)
     "original port": None,
+    "original port (torch.optim)": None,
     "fp32": [],
     "amp": ["--amp"],
     "amp+channels-last": ["--amp", "--channels-last"],
@@ -279,10 +281,17 @@ class OriginalPort:
     ``CrossEntropy2d``, ``nn.Upsample``, ``.item()`` on every loss) on the same model class, data and sizes, with the
     original's ``DataLoader(shuffle=True, pin_memory=True)`` and float32 items (:class:`Float32Items`)."""
 
-    def __init__(self, targs: argparse.Namespace, device: torch.device) -> None:
+    def __init__(self, targs: argparse.Namespace, device: torch.device, torch_optim: bool = False) -> None:
         source_set, target_set = (Float32Items(ds) for ds in train.build_datasets(targs)[:2])
         seed_everything(targs.random_seed)
-        self.port = OriginalIteration(*build_networks(targs, device), targs)
+        nets = build_networks(targs, device)
+        self.port = OriginalIteration(*nets, targs)
+        if torch_optim:  # the original's literal optimizer calls on today's torch (not 0.4's arithmetic)
+            self.port.optimizer = torch.optim.SGD(nets[0].optim_parameters(targs.learning_rate),
+                                                  lr=targs.learning_rate, momentum=targs.momentum,
+                                                  weight_decay=targs.weight_decay)
+            self.port.optimizer_D1, self.port.optimizer_D2 = (
+                torch.optim.Adam(d.parameters(), lr=targs.learning_rate_D, betas=(0.9, 0.99)) for d in nets[1:])
         pin = device.type == "cuda"
         loaders = [torch.utils.data.DataLoader(ds, batch_size=targs.batch_size, shuffle=True,
                                                num_workers=targs.num_workers, pin_memory=pin)
@@ -334,7 +343,11 @@ def build_variant(name: str, args: argparse.Namespace, data, device: torch.devic
     extra = VARIANTS[name]
     targs = train.get_args_parser().parse_args(train_argv(args, data, extra or []))
     train.validate_args(targs)
-    return OriginalPort(targs, device) if extra is None else Ours(targs, device)
+    if extra is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.optim warns about the duplicate listing
+            return OriginalPort(targs, device, torch_optim=name.endswith("(torch.optim)"))
+    return Ours(targs, device)
 
 
 # ---- FLOPs ---------------------------------------------------------------------------------------------------------

@@ -28,11 +28,12 @@ def test_bench_train_tiny(tmp_path):
                 "--input-size-target", "32,32", "--iters", "1", "--warmup", "0", "--rounds", "1", "--num-images",
                 "1", "--optimizer-repeats", "1", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for variant in ("original port", "fp32", "amp", "amp+channels-last"):
+    variants = ["original port", "original port (torch.optim)", "fp32", "amp", "amp+channels-last"]
+    for variant in variants:
         assert f"| {variant} |" in proc.stdout
     assert "| FaithfulSGD (per parameter; used) |" in proc.stdout
     result = json.loads(out.read_text())
-    assert [r["variant"] for r in result["rows"]] == ["original port", "fp32", "amp", "amp+channels-last"]
+    assert [r["variant"] for r in result["rows"]] == variants
     for r in result["rows"]:
         assert r["sec_per_iter"] > 0 and math.isclose(r["iter_per_s"], 1 / r["sec_per_iter"])
         assert math.isclose(r["images_per_s"], 2 / r["sec_per_iter"])  # batch 1: one source + one target image

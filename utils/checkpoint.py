@@ -56,7 +56,8 @@ def snapshot_paths(snapshot_dir: str | Path, tag: int | str, prefix: str = "GTA5
 
 
 def _cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+    """The unwrapped state_dict on the CPU (no copy of CPU tensors: it is written at once, before any update)."""
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
 def save_snapshot(snapshot_dir: str | Path, tag: int | str, nets: Mapping[str, nn.Module],

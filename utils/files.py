@@ -132,12 +132,22 @@ def _fsync_dir(directory: Path) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` through :func:`atomic_write`, into a Python file object so that a full disk surfaces as the
-    file's OSError (a path given to ``torch.save`` hides it behind "unexpected pos")."""
+    file's OSError (a path given to ``torch.save`` hides it behind "unexpected pos").
+
+    Without the zip records' CRC32: ``torch.load`` never checks it (tested), and computing it is half of the time
+    of a save (0.13 s of 0.26 s for ResNet-101's 179 MB here); the original's PyTorch 0.4 files had none either.
+    Truncation is still found (the zip directory is at the end), and the writes are atomic anyway.
+    """
     import torch
 
     def save(tmp: Path) -> None:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
+        crc = torch.serialization.get_crc32_options()
+        torch.serialization.set_crc32_options(False)
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(obj, fh)
+        finally:
+            torch.serialization.set_crc32_options(crc)
 
     return atomic_write(path, save, needed=tensor_bytes(obj))
 
