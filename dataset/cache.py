@@ -164,6 +164,16 @@ def unique_names(dataset: "BaseDataSet") -> list[dict]:
 # -- reading -----------------------------------------------------------------------------------------------------------
 
 
+def _png_reader(mode: str) -> Callable[[Path], np.ndarray]:
+    """A reader of PNGs that must be in ``mode`` (ValueError otherwise)."""
+    def read(path: Path) -> np.ndarray:
+        with Image.open(path) as img:
+            if img.mode != mode:
+                raise ValueError(f"mode {img.mode!r}, expected {mode!r}")
+            return np.array(img)
+    return read
+
+
 class DataCache:
     """The opened cache of one dataset (:meth:`open` validates it); :meth:`read` returns an entry's arrays.
 
@@ -254,39 +264,31 @@ class DataCache:
     def _damaged(self, path: Path, why: str) -> CacheError:
         return CacheError(f"data cache file {path} is damaged ({why}); rebuild the cache with: {self.rebuild}")
 
+    def _load(self, path: Path, read: Callable[[Path], np.ndarray]) -> np.ndarray:
+        """``read(path)``; a missing or unreadable file (truncated npy/PNG, a pickle, a wrong mode) raises
+        :class:`CacheError` naming it."""
+        try:
+            return read(path)
+        except FileNotFoundError:
+            raise self._damaged(path, "missing") from None
+        except Exception as exc:  # noqa: BLE001 - every way a file can be damaged gets the same message
+            raise self._damaged(path, f"{type(exc).__name__}: {exc}") from None
+
     def read(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
         """The cached entry ``name``: image uint8 ``[H, W, 3]`` RGB (writable), and with labels the label's 8-bit
         values uint8 ``[H, W]`` (else ``None``), ``(W, H)`` the input size. A missing, truncated or wrong-sized
         file raises :class:`CacheError` naming it."""
         w, h = self.input_size
         path = self.image_path(name)
-        try:
-            if self.image_format == "npy":
-                image = np.load(path, allow_pickle=False)
-            else:
-                with Image.open(path) as img:
-                    if img.mode != "RGB":
-                        raise ValueError(f"mode {img.mode!r}, expected 'RGB'")
-                    image = np.array(img)
-        except FileNotFoundError:
-            raise self._damaged(path, "missing") from None
-        except Exception as exc:  # truncated npy/PNG, a pickle, a wrong mode ...
-            raise self._damaged(path, f"{type(exc).__name__}: {exc}") from None
+        npy = self.image_format == "npy"
+        image = self._load(path, (lambda p: np.load(p, allow_pickle=False)) if npy else _png_reader("RGB"))
         if image.dtype != np.uint8 or image.shape != (h, w, 3):
             raise self._damaged(path, f"it holds a {image.dtype} array of shape {image.shape}, expected uint8 "
                                       f"{(h, w, 3)}")
         if not self.labels:
             return image, None
         path = self.label_path(name)
-        try:
-            with Image.open(path) as img:
-                if img.mode != "L":
-                    raise ValueError(f"mode {img.mode!r}, expected 'L'")
-                label = np.array(img)
-        except FileNotFoundError:
-            raise self._damaged(path, "missing") from None
-        except Exception as exc:
-            raise self._damaged(path, f"{type(exc).__name__}: {exc}") from None
+        label = self._load(path, _png_reader("L"))
         if label.shape != (h, w):
             raise self._damaged(path, f"it holds a {label.shape[1]}x{label.shape[0]} label, expected {w}x{h}")
         return image, label
