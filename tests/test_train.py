@@ -677,3 +677,14 @@ def test_default_lists_found_from_another_folder(tmp_path, monkeypatch, caplog):
     args = train.get_args_parser().parse_args(["--restore-from", "none"])
     train.validate_args(args)
     assert args.data_list == "./dataset/gta5_list/train.txt"
+
+
+def test_a_run_with_nothing_to_do_leaves_no_loader_worker(data, tmp_path, capsys):
+    """A finished run started again (--resume auto) ends at once; its loader workers, which ignore SIGTERM, must not
+    be started (or must be stopped): left alive they would hang the interpreter's exit."""
+    import multiprocessing
+
+    assert _run(data, tmp_path, "--num-steps-stop", "2", "--num-workers", "1") == 0
+    assert _run(data, tmp_path, "--num-steps-stop", "2", "--num-workers", "1", "--resume", "auto") == 0
+    assert "nothing to do: the training state is at iteration 2" in capsys.readouterr().out
+    assert not [p for p in multiprocessing.active_children() if p.is_alive()]
